@@ -1,0 +1,182 @@
+"""Mailroom activities: register a letter, run OCR (own task queue), match its reference,
+file it into a case. Each is idempotent under the mail item id."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+
+from eakte import records
+from eakte.blobstore import BlobRef, BlobStore
+from eakte.db import transaction
+from eakte.models import Dokument, MailItem, Version, Vorgang, utcnow
+from intake.ocr import run_ocr
+from intake.reference import find_references
+from intake.sniff import IntakeLimits
+from workflows import contracts as c
+
+log = structlog.get_logger(__name__)
+PREVIEW_CHARS = 2000
+
+
+def _bind(item_id: str) -> None:
+    info = activity.info()
+    structlog.contextvars.bind_contextvars(mail_item_id=item_id, workflow_id=info.workflow_id,
+                                           activity=info.activity_type, attempt=info.attempt)
+
+
+class MailroomActivities:
+    def __init__(self, sessions: sessionmaker[Session], store: BlobStore) -> None:
+        self.sessions = sessions
+        self.store = store
+
+    @activity.defn(name=c.ACT_REGISTER_MAIL)
+    def register_mail_item(self, inp: c.MailInput) -> None:
+        _bind(inp.item_id)
+        ref = BlobRef(inp.ref.bucket, inp.ref.key, inp.ref.sha256, inp.ref.size)
+        with transaction(self.sessions) as s:
+            if s.get(MailItem, inp.item_id) is not None:
+                return
+            doc = records.file_document(
+                s, key=f"{inp.item_id}:original", ref=ref, kind="Scan", title=f"Posteingang {inp.ref.filename}",
+                filename=inp.ref.filename, content_type=inp.ref.content_type, created_by=inp.submitted_by,
+                channel=inp.channel, akte_id=None, vorgang_id=None,
+            )
+            s.add(MailItem(id=inp.item_id, channel=inp.channel, filename=inp.ref.filename,
+                           content_type=inp.ref.content_type, sha256=inp.ref.sha256, size=inp.ref.size,
+                           dokument_id=doc.id, status="received", submitted_by=inp.submitted_by))
+            records.audit(s, actor=inp.submitted_by, role="mailroom", action="mail.register", target_type="mail_item",
+                          target_id=inp.item_id)
+            log.info("mail.registered", filename=inp.ref.filename, size=inp.ref.size)
+
+    @activity.defn(name=c.ACT_MAIL_STATUS)
+    def set_mail_status(self, p: c.MailStatusParams) -> None:
+        _bind(p.item_id)
+        with transaction(self.sessions) as s:
+            item = s.get(MailItem, p.item_id)
+            if item is None:
+                return
+            item.status, item.reason_code, item.reason = p.status, p.reason_code, p.reason
+            if p.case_id:
+                item.case_id = p.case_id
+            item.updated_at = utcnow()
+            log.info("mail.status", status=p.status, reason_code=p.reason_code)
+
+    @activity.defn(name=c.ACT_MATCH_REFERENCE)
+    def match_mail_reference(self, item_id: str, aktenzeichen: str | None) -> c.MatchedReference:
+        """Match the letter's text (or a mailroom clerk's choice) to a case in the register."""
+        _bind(item_id)
+        with transaction(self.sessions) as s:
+            item = s.get(MailItem, item_id)
+            candidates = [aktenzeichen] if aktenzeichen else []
+            if not candidates and item is not None and item.dokument_id:
+                doc = s.get(Dokument, item.dokument_id)
+                candidates = find_references(doc.text or "") if doc else []
+            for az in candidates:
+                case = s.scalar(select(Vorgang).where(Vorgang.aktenzeichen == az))
+                if case is not None:
+                    if item is not None:
+                        item.detected_reference = az
+                    return c.MatchedReference(case_id=case.id, aktenzeichen=az)
+            if item is not None and candidates:
+                item.detected_reference = candidates[0]
+            return c.MatchedReference(case_id=None, aktenzeichen=None)
+
+    @activity.defn(name=c.ACT_FILE_LETTER)
+    def file_letter(self, p: c.FileLetterParams) -> str:
+        _bind(p.item_id)
+        with transaction(self.sessions) as s:
+            item = s.get(MailItem, p.item_id)
+            case = records.get_case(s, p.case_id)
+            if item is None or item.dokument_id is None:
+                raise RuntimeError(f"mail item {p.item_id} is not registered")
+            doc = s.get(Dokument, item.dokument_id)
+            assert doc is not None
+            if doc.akte_id is None:
+                doc.akte_id, doc.vorgang_id, doc.kind = case.akte_id, case.id, "Scan"
+                records.record_event(s, case_id=case.id, key=f"{p.item_id}:filed", step=case.step, status=case.status,
+                                     message="Schreiben per Post eingegangen")
+                records.audit(s, actor=p.filed_by, role="mailroom", action="mail.file", target_type="document",
+                              target_id=doc.id, case_id=case.id)
+            item.case_id = case.id
+            return doc.id
+
+
+class OcrActivities:
+    """Runs on the OCR task queue: one ocrmypdf job per child process, heartbeating."""
+
+    def __init__(self, sessions: sessionmaker[Session], store: BlobStore, limits: IntakeLimits,
+                 work_root: Path | None = None) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.limits = limits
+        self.work_root = work_root
+
+    @activity.defn(name=c.ACT_OCR_MAIL)
+    async def ocr_mail_item(self, item_id: str) -> c.OcrSummary:
+        _bind(item_id)
+        done = await asyncio.to_thread(self._already_done, item_id)
+        if done is not None:
+            return done
+        src = await asyncio.to_thread(self._original, item_id)
+        work = Path(tempfile.mkdtemp(prefix=f"ocr-{item_id[:16]}-", dir=self.work_root))
+        try:
+            suffix = Path(src.filename).suffix.lower()[:8] or ".bin"
+            input_path = work / f"input{suffix}"
+            await asyncio.to_thread(self.store.download_to, src.object_key, src.sha256, input_path)
+            outcome = await run_ocr(input_path, work / "job", self.limits, heartbeat=lambda msg: activity.heartbeat(msg))
+            processed: BlobRef | None = None
+            if outcome.status == "processed" and outcome.output_path is not None and outcome.output_path.exists():
+                processed = await asyncio.to_thread(self.store.put_file, outcome.output_path, "application/pdf")
+            await asyncio.to_thread(self._record, item_id, outcome, processed)
+            return c.OcrSummary(status=outcome.status, code=outcome.code, reason=outcome.reason,
+                                pages=outcome.pages, empty=outcome.empty)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _already_done(self, item_id: str) -> c.OcrSummary | None:
+        with transaction(self.sessions) as s:
+            item = s.get(MailItem, item_id)
+            if item is None:
+                raise RuntimeError(f"mail item {item_id} is not registered")
+            if item.pages is not None:
+                return c.OcrSummary(status="processed", pages=item.pages,
+                                    empty=bool(item.blank_pages.get("empty")))
+            if item.status == "failed":
+                return c.OcrSummary(status="failed", code=item.reason_code, reason=item.reason)
+            return None
+
+    def _original(self, item_id: str) -> _Src:
+        with transaction(self.sessions) as s:
+            item = s.get(MailItem, item_id)
+            assert item is not None and item.dokument_id is not None
+            v = s.scalar(select(Version).where(Version.dokument_id == item.dokument_id, Version.role == "original"))
+            assert v is not None
+            return _Src(v.object_key, v.sha256, item.filename)
+
+    def _record(self, item_id: str, outcome, processed: BlobRef | None) -> None:  # type: ignore[no-untyped-def]
+        with transaction(self.sessions) as s:
+            item = s.get(MailItem, item_id)
+            assert item is not None and item.dokument_id is not None
+            doc = s.get(Dokument, item.dokument_id)
+            assert doc is not None
+            if outcome.status == "processed":
+                item.pages = outcome.pages
+                item.blank_pages = {"pages": list(outcome.blank_pages), "empty": bool(outcome.empty)}
+                item.text_preview = (outcome.text or "")[:PREVIEW_CHARS]
+                doc.text = outcome.text or ""
+                if processed is not None and not any(v.role == "processed" for v in doc.versions):
+                    records.add_version(s, doc, processed, created_by="ocr", role="processed",
+                                        reason="OCR (ocrmypdf, PDF/A)")
+
+
+class _Src:
+    def __init__(self, object_key: str, sha256: str, filename: str) -> None:
+        self.object_key, self.sha256, self.filename = object_key, sha256, filename

@@ -1,0 +1,127 @@
+"""Settings: one pydantic-settings object, built once at each entry point and passed down.
+
+Every value comes from the environment (or a `.env` file). Names are the plain upper-case
+field names (``DATABASE_URL``, ``TEMPORAL_ADDRESS``, ``S3_ENDPOINT`` ...). Outside
+``ENVIRONMENT=dev`` the built-in development secrets are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+DEV_WEBHOOK_SECRET = "dev-only-payment-webhook-secret"
+DEV_CERT_SECRET = "dev-only-certificate-code-secret"
+# 32 zero-ish bytes, base64: a development payload key, refused outside dev.
+DEV_PAYLOAD_KEYS = "dev1:" + base64.b64encode(b"aktenlauf-dev-payload-key-32byte").decode()
+DEV_S3_ACCESS_KEY = "aktenlauf"
+DEV_S3_SECRET_KEY = "aktenlauf-dev-secret"
+
+DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET, DEV_CERT_SECRET, DEV_PAYLOAD_KEYS, DEV_S3_SECRET_KEY}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["dev", "test", "production"] = "dev"
+    var_dir: Path = Path("var")
+
+    # Temporal
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_tls: bool = False
+    temporal_tls_ca_cert: Path | None = None
+    temporal_tls_client_cert: Path | None = None
+    temporal_tls_client_key: Path | None = None
+    temporal_api_key: str | None = None
+    task_queue: str = "aktenlauf-cases"
+    ocr_task_queue: str = "aktenlauf-ocr"
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    # S3 object storage (MinIO in production, SeaweedFS embedded)
+    s3_endpoint: str = "127.0.0.1:8333"
+    s3_access_key: str = DEV_S3_ACCESS_KEY
+    s3_secret_key: str = DEV_S3_SECRET_KEY
+    s3_bucket: str = "eakte"
+    s3_secure: bool = False
+    s3_region: str | None = None
+
+    # Database
+    database_url: str = "sqlite:///var/aktenlauf.db"
+
+    # API and auth
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "aktenlauf"
+    jwt_audience: str = "aktenlauf-api"
+    jwt_ttl_seconds: int = 8 * 3600
+    max_upload_bytes: int = 50 * 1024 * 1024
+
+    # Payment (sandbox provider served by the API under /sandbox-pay unless configured)
+    payment_provider_url: str = ""
+    payment_webhook_secret: str = DEV_WEBHOOK_SECRET
+    payment_webhook_tolerance_seconds: int = 300
+
+    # Certificates
+    certificate_code_secret: str = DEV_CERT_SECRET
+
+    # Personal data in Temporal payloads: "kid:base64key[,kid:base64key...]", first is active
+    payload_keys: str = DEV_PAYLOAD_KEYS
+
+    # Service catalog (data, not code)
+    catalog_path: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "intake" / "catalog.yaml")
+
+    # OCR limits
+    ocr_max_pages: int = 200
+    ocr_timeout_per_page_s: float = 60.0
+    ocr_memory_limit_mb: int = 2048
+    ocr_concurrency: int = 1
+
+    # Logging
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_outside_dev(self) -> Settings:
+        if self.environment == "dev" or self.environment == "test":
+            return self
+        used = [
+            name
+            for name in ("jwt_secret", "payment_webhook_secret", "certificate_code_secret", "payload_keys", "s3_secret_key")
+            if getattr(self, name) in DEV_SECRETS
+        ]
+        if used:
+            raise ValueError(
+                f"refusing to start with development secrets outside dev: set {', '.join(n.upper() for n in used)}"
+            )
+        if len(self.jwt_secret) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters")
+        return self
+
+    @cached_property
+    def payment_base_url(self) -> str:
+        return self.payment_provider_url.rstrip("/") or self.public_base_url.rstrip("/") + "/sandbox-pay"
+
+    def payload_key_ring(self) -> list[tuple[str, bytes]]:
+        """Parse PAYLOAD_KEYS into (key id, 32-byte key); the first one encrypts."""
+        ring: list[tuple[str, bytes]] = []
+        for part in self.payload_keys.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            kid, _, b64 = part.partition(":")
+            key = base64.b64decode(b64)
+            if len(key) not in (16, 24, 32):
+                raise ValueError(f"payload key {kid!r} must be 16, 24 or 32 bytes")
+            ring.append((kid, key))
+        if not ring:
+            raise ValueError("PAYLOAD_KEYS is empty")
+        return ring

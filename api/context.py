@@ -1,0 +1,50 @@
+"""What the API needs at run time, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+from collections.abc import Callable
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client
+
+from aktenlauf.settings import Settings
+from eakte.blobstore import BlobStore
+from intake.catalog import Catalog
+
+T = TypeVar("T")
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    catalog: Catalog
+    sessions: sessionmaker[Session]
+    store: BlobStore
+    temporal: Client | None = None
+
+    def client(self) -> Client:
+        from aktenlauf.errors import Unavailable
+
+        if self.temporal is None:
+            raise Unavailable("Temporal is not connected yet")
+        return self.temporal
+
+    async def db(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in one transaction on a worker thread."""
+
+        def work() -> T:
+            with self.sessions() as session, session.begin():
+                return fn(session)
+
+        return await run_in_threadpool(work)
+
+
+def get_ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+Ctx = Annotated[ApiContext, Depends(get_ctx)]

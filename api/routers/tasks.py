@@ -1,0 +1,40 @@
+"""The clerk's inbox: open decisions of the caller's departments."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.auth import CurrentPrincipal, require_role
+from api.context import Ctx
+from api.schemas import TaskOut
+from eakte.models import Vorgang
+from workflows import contracts as c
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+
+@router.get("", response_model=list[TaskOut], dependencies=[require_role("clerk")])
+async def list_tasks(
+    ctx: Ctx, p: CurrentPrincipal,
+    service_key: Annotated[str | None, Query(max_length=32)] = None,
+    department: Annotated[str | None, Query(max_length=64)] = None,
+    sort: Literal["due_on", "created_at"] = "due_on",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[TaskOut]:
+    departments = [d for d in p.departments if department is None or d == department]
+
+    def load(s: Session) -> list[Vorgang]:
+        q = select(Vorgang).where(Vorgang.status == c.AWAITING_DECISION, Vorgang.department.in_(departments))
+        if service_key:
+            q = q.where(Vorgang.service_key == service_key)
+        order = Vorgang.due_on if sort == "due_on" else Vorgang.created_at
+        return list(s.scalars(q.order_by(order, Vorgang.created_at).limit(limit).offset(offset)))
+
+    rows = await ctx.db(load) if departments else []
+    return [TaskOut(case_id=v.id, aktenzeichen=v.aktenzeichen, service_key=v.service_key, service_name=v.service_name,
+                    department=v.department, status=v.status, due_on=v.due_on, created_at=v.created_at) for v in rows]

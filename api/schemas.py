@@ -1,0 +1,150 @@
+"""Request and response models of API v1."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+LongText = Annotated[str, StringConstraints(max_length=4000)]
+
+
+class ApplicantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: ShortText
+    address_lines: list[ShortText] = Field(default_factory=list, max_length=6)
+    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="The applicant's id at the integrator (e.g. service account id)")
+
+
+class CaseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    service_key: Annotated[str, StringConstraints(pattern=r"^\d{14}$")] | None = Field(
+        description="LeiKa-style key from GET /v1/services; null = unknown, goes to mailroom triage")
+    applicant: ApplicantIn
+    form: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)], LongText] = Field(
+        default_factory=dict, max_length=100)
+
+    @field_validator("form")
+    @classmethod
+    def _form_size(cls, v: dict[str, str]) -> dict[str, str]:
+        if sum(len(k) + len(x) for k, x in v.items()) > 64_000:
+            raise ValueError("form data is larger than 64 kB")
+        return v
+
+
+class CaseCreated(BaseModel):
+    case_id: str
+    aktenzeichen: str
+    status: str
+
+
+class TimelineOut(BaseModel):
+    at: dt.datetime
+    step: str
+    status: str
+    message: str
+
+
+class DocumentOut(BaseModel):
+    id: str
+    kind: str
+    title: str
+    filename: str
+    content_type: str
+    sha256: str
+    size: int
+    created_at: dt.datetime
+    download_url: str
+
+
+class CaseOut(BaseModel):
+    case_id: str
+    aktenzeichen: str
+    service_key: str | None
+    service_name: str | None
+    department: str | None
+    status: str
+    current_step: str
+    due_on: dt.date | None
+    fee_cents: int
+    payment_status: str | None
+    payment_url: str | None
+    decision: str | None
+    decision_reason: str | None
+    created_at: dt.datetime
+    closed_at: dt.datetime | None
+    timeline: list[TimelineOut]
+    documents: list[DocumentOut]
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "reject"]
+    reason: Annotated[str, StringConstraints(max_length=4000, strip_whitespace=True)] | None = None
+
+
+class DecisionOut(BaseModel):
+    decision: str
+    status: str
+    payment_url: str | None = None
+
+
+class TaskOut(BaseModel):
+    case_id: str
+    aktenzeichen: str
+    service_key: str | None
+    service_name: str | None
+    department: str | None
+    status: str
+    due_on: dt.date | None
+    created_at: dt.datetime
+
+
+class DocumentCreated(BaseModel):
+    document_id: str
+    sha256: str
+    size: int
+
+
+class MailItemOut(BaseModel):
+    id: str
+    received_at: dt.datetime
+    channel: str
+    filename: str
+    content_type: str
+    sha256: str
+    size: int
+    status: str
+    reason_code: str | None
+    reason: str | None
+    pages: int | None
+    blank_pages: list[int]
+    detected_reference: str | None
+    case_id: str | None
+    text_preview: str | None
+    document_id: str | None
+
+
+class MailAccepted(BaseModel):
+    items: list[MailItemOut]
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    aktenzeichen: Annotated[str, StringConstraints(pattern=r"^\d{2}\.\d{2}-\d{4}-\d{6}$")]
+
+
+class AdminCaseOut(BaseModel):
+    case_id: str
+    workflow_status: str
+    status: str | None
+    service_key: str | None
+    department: str | None
+    step: str | None
+    aktenzeichen: str | None
+    started_at: dt.datetime | None
+    closed_at: dt.datetime | None

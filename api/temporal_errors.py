@@ -1,0 +1,36 @@
+"""Turn Temporal client errors (update rejections, unreachable server) into domain errors."""
+
+from __future__ import annotations
+
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from aktenlauf.errors import AktenlaufError, Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from workflows import contracts as c
+
+_BY_TYPE: dict[str, type[AktenlaufError]] = {
+    c.ERR_IDEMPOTENCY: Conflict,
+    c.ERR_STATE: Conflict,
+    c.ERR_FORBIDDEN: Forbidden,
+    c.ERR_INVALID: InvalidInput,
+}
+
+
+def translate(exc: BaseException) -> AktenlaufError:
+    if isinstance(exc, WorkflowUpdateFailedError):
+        cause = exc.cause
+        while cause is not None and not isinstance(cause, ApplicationError):
+            cause = cause.cause
+        if isinstance(cause, ApplicationError):
+            return _BY_TYPE.get(cause.type or "", Conflict)(cause.message)
+        return Conflict(str(exc.cause or exc))
+    if isinstance(exc, RPCError):
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return NotFound("the case's workflow was not found")
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            return Unavailable(f"Temporal is unavailable: {exc.message}")
+        if exc.status == RPCStatusCode.FAILED_PRECONDITION:
+            return Conflict(f"the case no longer accepts this: {exc.message}")
+        return Unavailable(f"Temporal error: {exc.message}")
+    return Unavailable(str(exc))

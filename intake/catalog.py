@@ -1,0 +1,90 @@
+"""The service catalog (Leistungskatalog): loaded from YAML, validated, served read-only.
+
+`ServiceEntry` (intake/service.py) is a plain dataclass so that a case workflow can snapshot the entry it
+started with (it travels in the workflow input; no personal data in it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from intake.service import ServiceEntry
+
+
+@dataclass(frozen=True)
+class Department:
+    key: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    authority_name: str
+    authority_address: tuple[str, ...]
+    departments: dict[str, Department]
+    services: dict[str, ServiceEntry]
+
+    def service(self, key: str) -> ServiceEntry | None:
+        return self.services.get(key)
+
+
+class _ServiceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(pattern=r"^\d{14}$")
+    name: str = Field(min_length=1)
+    department: str
+    file_plan: str = Field(pattern=r"^\d{2}\.\d{2}$")
+    required_documents: list[str] = []
+    fee_cents: int = Field(ge=0)
+    decision_required: bool
+    certificate: bool
+    processing_days: int = Field(gt=0)
+    payment_days: int = Field(gt=0)
+    keywords: list[str] = []
+    retention_years: int = Field(gt=0)
+
+    @field_validator("keywords")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [k.lower() for k in v]
+
+
+class _CatalogModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    authority: dict[str, object]
+    departments: dict[str, dict[str, str]]
+    services: list[_ServiceModel]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _CatalogModel:
+        keys = [s.key for s in self.services]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise ValueError(f"duplicate service keys: {sorted(dupes)}")
+        for s in self.services:
+            if s.department not in self.departments:
+                raise ValueError(f"service {s.key} names unknown department {s.department!r}")
+        return self
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def load_catalog(path: Path) -> Catalog:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        model = _CatalogModel.model_validate(raw)
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise CatalogError(f"service catalog {path} is invalid: {exc}") from exc
+    authority = model.authority
+    return Catalog(
+        authority_name=str(authority.get("name", "")),
+        authority_address=tuple(str(x) for x in authority.get("address_lines", []) or []),  # type: ignore[union-attr]
+        departments={k: Department(key=k, name=v.get("name", k)) for k, v in model.departments.items()},
+        services={s.key: ServiceEntry(**s.model_dump()) for s in model.services},
+    )

@@ -1,0 +1,60 @@
+"""Small helpers the integration tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+MELDE = "99115005012000"        # Meldebescheinigung: decision, fee 10,00 EUR, certificate
+GEBURT = "99006003001000"       # Geburtsurkunde (Standesamt)
+HUND = "99021005001000"         # Hundeanmeldung: no decision, no fee, certificate
+MAENGEL = "99107010001000"      # Mängelmeldung: no fee, no certificate
+
+
+def application(service_key: str | None = MELDE, name: str = "Erika Mustermann", **form: str) -> dict[str, Any]:
+    return {
+        "service_key": service_key,
+        "applicant": {"name": name, "address_lines": ["Hauptstraße 5", "12345 Musterstadt"],
+                      "email": "erika@example.org", "id": "bund-id-" + uuid.uuid4().hex[:8]},
+        "form": form or {"Zweck": "Vorlage beim Arbeitgeber"},
+    }
+
+
+async def wait_for_case(client: httpx.AsyncClient, case_id: str, headers: dict[str, str], *,
+                        status: str | tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+    wanted = (status,) if isinstance(status, str) else status
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = await client.get(f"/v1/cases/{case_id}", headers=headers)
+        if r.status_code == 200:
+            last = r.json()
+            if last["status"] in wanted:
+                return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"case {case_id} did not reach {wanted}; last: {last.get('status')} {last.get('timeline')}")
+
+
+async def wait_for_mail(client: httpx.AsyncClient, item_id: str, headers: dict[str, str], *,
+                        status: tuple[str, ...] = ("filed", "triage", "failed"), timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = await client.get(f"/v1/mailroom/items/{item_id}", headers=headers)
+        if r.status_code == 200:
+            last = r.json()
+            if last["status"] in status:
+                return last
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"mail item {item_id} did not reach {status}; last: {last}")
+
+
+async def pay(client: httpx.AsyncClient, payment_url: str, action: str = "pay") -> None:
+    page = await client.get(payment_url)
+    assert page.status_code == 200, page.text
+    r = await client.post(payment_url, data={"action": action})
+    assert r.status_code == 200, r.text

@@ -1,0 +1,126 @@
+"""The worker process: builds settings, clients and activity classes, and runs the workers.
+
+Two task queues:
+- ``TASK_QUEUE`` (default ``aktenlauf-cases``): CaseWorkflow, MailItemWorkflow and every
+  case/mailroom/payment activity;
+- ``OCR_TASK_QUEUE`` (default ``aktenlauf-ocr``): the OCR activity, one ocrmypdf job per
+  child process. Run it on OCR nodes with ``aktenlauf worker --queues ocr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.case import CaseActivities
+from activities.mailroom import MailroomActivities, OcrActivities
+from activities.payment import PaymentActivities, PaymentProvider
+from aktenlauf.settings import Settings
+from aktenlauf.temporal import connect
+from eakte.blobstore import BlobStore
+from eakte.db import make_engine, make_session_factory
+from intake.catalog import load_catalog
+from intake.sniff import IntakeLimits
+from workflows.case import CaseWorkflow
+from workflows.mailroom import MailItemWorkflow
+
+log = structlog.get_logger(__name__)
+
+WORKFLOWS = [CaseWorkflow, MailItemWorkflow]
+
+
+@dataclass
+class Dependencies:
+    settings: Settings
+    store: BlobStore
+    sessions: object
+
+    @classmethod
+    def build(cls, settings: Settings) -> Dependencies:
+        store = BlobStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                          secure=settings.s3_secure, region=settings.s3_region)
+        engine = make_engine(settings.database_url)
+        return cls(settings=settings, store=store, sessions=make_session_factory(engine))
+
+
+def case_activities(deps: Dependencies) -> list[object]:
+    s = deps.settings
+    catalog = load_catalog(s.catalog_path)
+    case = CaseActivities(deps.sessions, deps.store, catalog, certificate_secret=s.certificate_code_secret,  # type: ignore[arg-type]
+                          verify_base_url=s.public_base_url.rstrip("/") + "/v1/verify/")
+    payment = PaymentActivities(
+        PaymentProvider(s.payment_base_url, s.public_base_url.rstrip("/") + "/v1/payments/webhook"),
+        case.record_payment,
+    )
+    mail = MailroomActivities(deps.sessions, deps.store)  # type: ignore[arg-type]
+    return [
+        case.open_case, case.record_progress, case.file_document, case.issue_document, case.dispatch_document,
+        case.archive_case, payment.request_payment, payment.cancel_payment,
+        mail.register_mail_item, mail.set_mail_status, mail.match_mail_reference, mail.file_letter,
+    ]
+
+
+def ocr_activities(deps: Dependencies) -> list[object]:
+    s = deps.settings
+    limits = IntakeLimits(max_bytes=s.max_upload_bytes, max_pages=s.ocr_max_pages,
+                          timeout_per_page_s=s.ocr_timeout_per_page_s, memory_limit_mb=s.ocr_memory_limit_mb)
+    ocr = OcrActivities(deps.sessions, deps.store, limits)  # type: ignore[arg-type]
+    return [ocr.ocr_mail_item]
+
+
+def build_workers(client: Client, deps: Dependencies, queues: Sequence[str],
+                  executor: concurrent.futures.ThreadPoolExecutor) -> list[Worker]:
+    s = deps.settings
+    workers: list[Worker] = []
+    if "cases" in queues:
+        workers.append(Worker(client, task_queue=s.task_queue, workflows=WORKFLOWS,
+                              activities=case_activities(deps), activity_executor=executor,
+                              max_concurrent_activities=16))
+    if "ocr" in queues:
+        workers.append(Worker(client, task_queue=s.ocr_task_queue, activities=ocr_activities(deps),
+                              max_concurrent_activities=max(1, s.ocr_concurrency)))
+    return workers
+
+
+async def run_worker(settings: Settings, queues: Sequence[str] = ("cases", "ocr"),
+                     stop: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or until `stop` is set, for embedding), then shut down gracefully."""
+    deps = Dependencies.build(settings)
+    deps.store.ensure_bucket()
+    client = await connect(settings)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
+        workers = build_workers(client, deps, queues, executor)
+        log.info("worker.started", queues=list(queues), task_queue=settings.task_queue,
+                 ocr_task_queue=settings.ocr_task_queue)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        runs = [asyncio.create_task(w.run()) for w in workers]
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([*runs, waiter], return_when=asyncio.FIRST_COMPLETED)
+        log.info("worker.stopping")
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        for r in runs:
+            if r.done() and r.exception() is not None:
+                raise r.exception()  # type: ignore[misc]
+
+
+def main(queues: Sequence[str] = ("cases", "ocr")) -> None:
+    from aktenlauf.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_worker(settings, queues))
+
+
+if __name__ == "__main__":
+    main()

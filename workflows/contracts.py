@@ -1,0 +1,299 @@
+"""Inputs, outputs and messages of the workflows: plain dataclasses, no I/O on import.
+
+Documents never travel here: only references (bucket, key, sha256). Personal data
+(applicant) does travel in CaseInput and is encrypted by the payload codec.
+Add fields with defaults only, so running workflows keep decoding their history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from intake.service import ServiceEntry
+
+# Status values a case moves through (the read model and the search attribute use them).
+RECEIVED = "received"
+TRIAGE = "triage"
+AWAITING_DECISION = "awaiting_decision"
+AWAITING_PAYMENT = "awaiting_payment"
+ISSUING = "issuing"
+COMPLETED = "completed"
+REJECTED = "rejected"
+CANCELLED = "cancelled"
+FINAL_STATUSES = (COMPLETED, REJECTED, CANCELLED)
+
+# Activity names (workflows call activities by name: no heavy imports in the sandbox).
+ACT_OPEN_CASE = "open_case"
+ACT_RECORD_PROGRESS = "record_progress"
+ACT_FILE_DOCUMENT = "file_document"
+ACT_REQUEST_PAYMENT = "request_payment"
+ACT_CANCEL_PAYMENT = "cancel_payment"
+ACT_ISSUE_DOCUMENT = "issue_document"
+ACT_DISPATCH = "dispatch_document"
+ACT_ARCHIVE = "archive_case"
+ACT_REGISTER_MAIL = "register_mail_item"
+ACT_OCR_MAIL = "ocr_mail_item"
+ACT_MATCH_REFERENCE = "match_mail_reference"
+ACT_FILE_LETTER = "file_letter"
+ACT_MAIL_STATUS = "set_mail_status"
+
+# Error types raised to clients by update validators.
+ERR_IDEMPOTENCY = "IdempotencyConflict"
+ERR_FORBIDDEN = "Forbidden"
+ERR_STATE = "InvalidState"
+ERR_INVALID = "InvalidInput"
+
+
+@dataclass
+class Actor:
+    sub: str
+    roles: list[str] = field(default_factory=list)
+    departments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Applicant:
+    name: str
+    address_lines: list[str] = field(default_factory=list)
+    email: str | None = None
+    id: str | None = None
+
+
+@dataclass
+class DocumentRef:
+    bucket: str
+    key: str
+    sha256: str
+    size: int
+    filename: str
+    content_type: str
+
+
+@dataclass
+class CaseInput:
+    case_id: str
+    integrator: str
+    fingerprint: str
+    applicant: Applicant
+    service: ServiceEntry | None = None
+    requested_service_key: str | None = None
+    form: dict[str, str] = field(default_factory=dict)
+    channel: str = "api"
+
+
+@dataclass
+class CaseResult:
+    status: str
+    aktenzeichen: str
+    issued_document_id: str | None = None
+
+
+@dataclass
+class Registration:
+    fingerprint: str
+
+
+@dataclass
+class Registered:
+    case_id: str
+    aktenzeichen: str
+    status: str
+
+
+@dataclass
+class Decision:
+    actor: Actor
+    approve: bool
+    reason: str | None = None
+
+
+@dataclass
+class DecisionOutcome:
+    decision: str
+    status: str
+    payment_url: str | None = None
+
+
+@dataclass
+class AddDocument:
+    actor: Actor
+    ref: DocumentRef
+    kind: str = "Nachweis"
+    title: str = ""
+    upload_id: str = ""
+
+
+@dataclass
+class PaymentEvent:
+    payment_id: str
+    event_id: str
+    status: str  # paid | failed
+    amount_cents: int
+
+
+@dataclass
+class LetterFiled:
+    mail_item_id: str
+    dokument_id: str
+
+
+@dataclass
+class HistoryEntry:
+    at: str
+    step: str
+    status: str
+    message: str
+
+
+@dataclass
+class CaseStatus:
+    case_id: str
+    aktenzeichen: str | None
+    status: str
+    step: str
+    service_key: str | None
+    department: str | None
+    payment_url: str | None = None
+    decision: str | None = None
+    history: list[HistoryEntry] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
+
+
+# -- activity parameters ---------------------------------------------------------------
+
+@dataclass
+class OpenCaseParams:
+    case_id: str
+    integrator: str
+    fingerprint: str
+    applicant: Applicant
+    service: ServiceEntry | None
+    requested_service_key: str | None
+    form: dict[str, str]
+    channel: str
+    year: int
+
+
+@dataclass
+class OpenedCase:
+    aktenzeichen: str
+    akte_id: str
+    application_document_id: str
+
+
+@dataclass
+class ProgressParams:
+    case_id: str
+    key: str
+    step: str
+    status: str
+    message: str
+    public: bool = True
+    department: str | None = None
+    due_on: str | None = None
+    decision: str | None = None
+    decided_by: str | None = None
+    decision_reason: str | None = None
+    payment_status: str | None = None
+
+
+@dataclass
+class FileDocumentParams:
+    case_id: str
+    key: str
+    ref: DocumentRef
+    kind: str
+    title: str
+    created_by: str
+    channel: str = "api"
+
+
+@dataclass
+class PaymentParams:
+    case_id: str
+    aktenzeichen: str
+    amount_cents: int
+    purpose: str
+
+
+@dataclass
+class PaymentRequested:
+    payment_id: str
+    payment_url: str
+
+
+@dataclass
+class IssueParams:
+    case_id: str
+    kind: str  # certificate | rejection
+    reason: str | None = None
+    issued_on: str = ""  # ISO date, from workflow time: retries render identical bytes
+
+
+@dataclass
+class DispatchParams:
+    case_id: str
+    dokument_id: str
+    channel: str = "portal"
+
+
+@dataclass
+class ArchiveParams:
+    case_id: str
+    final_status: str
+
+
+@dataclass
+class MailInput:
+    item_id: str
+    ref: DocumentRef
+    channel: str
+    submitted_by: str
+    ocr_task_queue: str = "aktenlauf-ocr"
+
+
+@dataclass
+class AssignLetter:
+    actor: Actor
+    aktenzeichen: str
+
+
+@dataclass
+class MailStatus:
+    item_id: str
+    status: str
+    reason_code: str | None = None
+    reason: str | None = None
+    case_id: str | None = None
+    aktenzeichen: str | None = None
+
+
+@dataclass
+class OcrSummary:
+    status: str  # processed | failed
+    code: str | None = None
+    reason: str | None = None
+    pages: int = 0
+    empty: bool = False
+
+
+@dataclass
+class MatchedReference:
+    case_id: str | None
+    aktenzeichen: str | None
+
+
+@dataclass
+class FileLetterParams:
+    item_id: str
+    case_id: str
+    filed_by: str
+
+
+@dataclass
+class MailStatusParams:
+    item_id: str
+    status: str
+    reason_code: str | None = None
+    reason: str | None = None
+    case_id: str | None = None

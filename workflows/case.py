@@ -74,7 +74,7 @@ class CaseWorkflow:
             assert self.decision is not None
             d = self.decision
             verdict = "approved" if d.approve else "rejected"
-            await self._progress("decision", c.RECEIVED if d.approve else c.REJECTED,
+            await self._progress("decision", c.APPROVED if d.approve else c.REJECTED,
                                  "Antrag bewilligt" if d.approve else "Antrag abgelehnt",
                                  decision=verdict, decided_by=d.actor.sub, decision_reason=d.reason)
             if not d.approve:

@@ -15,6 +15,7 @@ from intake.service import ServiceEntry
 RECEIVED = "received"
 TRIAGE = "triage"
 AWAITING_DECISION = "awaiting_decision"
+APPROVED = "approved"
 AWAITING_PAYMENT = "awaiting_payment"
 ISSUING = "issuing"
 COMPLETED = "completed"

@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -60,9 +60,9 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
         applicant=c.Applicant(**body.applicant.model_dump()), service=service,
         requested_service_key=body.service_key, form=dict(body.form),
     )
-    sa = [search.STATUS.value_set(c.RECEIVED)]
+    sa = [SearchAttributePair(search.STATUS, c.RECEIVED), SearchAttributePair(search.STEP, "intake")]
     if service is not None:
-        sa += [search.SERVICE.value_set(service.key), search.DEPARTMENT.value_set(service.department)]
+        sa += [SearchAttributePair(search.SERVICE, service.key)]
     op = WithStartWorkflowOperation(
         CaseWorkflow.run, inp, id=case_id, task_queue=ctx.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

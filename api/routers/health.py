@@ -10,7 +10,6 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api.context import Ctx
-from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 router = APIRouter(tags=["health"])
 
@@ -25,9 +24,7 @@ async def readyz(ctx: Ctx) -> JSONResponse:
     checks: dict[str, str] = {}
 
     async def temporal() -> None:
-        client = ctx.client()
-        await client.workflow_service.get_system_info(
-            GetSystemInfoRequest(), timeout=3)
+        await asyncio.wait_for(ctx.client().service_client.check_health(), 5)
 
     async def s3() -> None:
         await asyncio.wait_for(run_in_threadpool(ctx.store.ping), 5)

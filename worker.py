@@ -14,6 +14,7 @@ import concurrent.futures
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from temporalio.client import Client
@@ -82,10 +83,11 @@ def build_workers(client: Client, deps: Dependencies, queues: Sequence[str],
     if "cases" in queues:
         workers.append(Worker(client, task_queue=s.task_queue, workflows=WORKFLOWS,
                               activities=case_activities(deps), activity_executor=executor,
-                              max_concurrent_activities=16))
+                              max_concurrent_activities=16, graceful_shutdown_timeout=timedelta(seconds=10)))
     if "ocr" in queues:
         workers.append(Worker(client, task_queue=s.ocr_task_queue, activities=ocr_activities(deps),
-                              max_concurrent_activities=max(1, s.ocr_concurrency)))
+                              max_concurrent_activities=max(1, s.ocr_concurrency),
+                              graceful_shutdown_timeout=timedelta(seconds=10)))
     return workers
 
 

@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from intake.sniff import InputInfo, IntakeLimits, IntakeRejected, inspect_file
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_INTERVAL_S = 5.0
+PRLIMIT = shutil.which("prlimit")
+
 #: Headroom on RLIMIT_CPU over the wall timeout (the wall timeout should fire first).
 CPU_LIMIT_FACTOR = 2.0
 CPU_LIMIT_SLACK_S = 60
@@ -166,13 +169,13 @@ async def _run_child(input_path: Path, work_dir: Path, info: InputInfo, limits: 
     work_dir.mkdir(parents=True, exist_ok=True)
     files.reset()
     timeout = job_timeout_s(info.pages, limits)
-    with files.log.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *_child_argv(input_path, files, limits),
-            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            cwd=str(work_dir), env=_child_env(files, limits), start_new_session=True,
-            preexec_fn=_limits_setter(limits, timeout),
-        )
+    try:
+        proc = await _spawn(input_path, files, limits, timeout)
+    except OSError as exc:  # fork/exec failed: no memory, no processes left, ...
+        bound.error("ocr.spawn_failed", error=repr(exc))
+        return failed_outcome("resource_limit", "Text recognition could not be started because "
+                              "the server is short of resources; it will be retried.",
+                              pages=info.pages)
     bound = bound.bind(pid=proc.pid, timeout_s=timeout)
     bound.info("ocr.started")
     try:
@@ -187,7 +190,31 @@ async def _run_child(input_path: Path, work_dir: Path, info: InputInfo, limits: 
         )
     finally:
         await _kill_group(proc)
+        shutil.rmtree(files.tmp, ignore_errors=True)  # ocrmypdf leftovers of a killed job
     return _outcome_from_child(returncode, files, info, bound)
+
+
+async def _spawn(input_path: Path, files: _JobFiles, limits: IntakeLimits,
+                 timeout: float) -> asyncio.subprocess.Process:
+    """Start the child in its own session (process group) with resource limits."""
+    with files.log.open("wb") as log_file:
+        return await asyncio.create_subprocess_exec(
+            *_limited(_child_argv(input_path, files, limits), limits, timeout),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            cwd=str(files.tmp.parent), env=_child_env(files, limits), start_new_session=True,
+            preexec_fn=None if PRLIMIT else _limits_setter(limits, timeout),
+        )
+
+
+def _limited(argv: list[str], limits: IntakeLimits, timeout: float) -> list[str]:
+    """Prefix util-linux `prlimit`, so no Python code runs between fork and exec in a
+    multi-threaded worker (preexec_fn is documented as unsafe there); fall back to
+    preexec_fn only where prlimit is missing."""
+    if not PRLIMIT:
+        return argv
+    address_space = limits.memory_limit_mb * 1024 * 1024
+    cpu_soft = int(timeout * CPU_LIMIT_FACTOR) + CPU_LIMIT_SLACK_S
+    return [PRLIMIT, f"--as={address_space}", f"--cpu={cpu_soft}:{cpu_soft + 30}", "--core=0", "--", *argv]
 
 
 def _child_argv(input_path: Path, files: _JobFiles, limits: IntakeLimits) -> list[str]:
@@ -213,7 +240,11 @@ def _child_env(files: _JobFiles, limits: IntakeLimits) -> dict[str, str]:
 
 
 def _limits_setter(limits: IntakeLimits, timeout: float) -> Callable[[], None]:
-    """Build the preexec_fn: only async-signal-safe-ish setrlimit calls, no allocation-heavy work."""
+    """Build the preexec_fn run between fork and exec: setrlimit calls only.
+
+    RLIMIT_AS is inherited by ocrmypdf's own children (tesseract, Ghostscript,
+    unpaper), each of which gets the same per-process ceiling.
+    """
     address_space = limits.memory_limit_mb * 1024 * 1024
     cpu_soft = int(timeout * CPU_LIMIT_FACTOR) + CPU_LIMIT_SLACK_S
     cpu_hard = cpu_soft + 30

@@ -134,7 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> JobArgs:
     parser.add_argument("--default-image-dpi", type=int, default=DEFAULT_IMAGE_DPI)
     ns = parser.parse_args(argv)
     return JobArgs(input=ns.input, output=ns.output, text_out=ns.text_out,
-                   result_json=ns.result_json, languages=[l for l in ns.languages.split("+") if l],
+                   result_json=ns.result_json, languages=[lang for lang in ns.languages.split("+") if lang],
                    tesseract_threads=ns.tesseract_threads, max_page_pixels=ns.max_page_pixels,
                    default_image_dpi=ns.default_image_dpi)
 
@@ -169,7 +169,15 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def run_job_safely(args: JobArgs) -> JobResult:
-    """Run the job; translate every failure into a JobResult."""
+    """Run the job; translate every failure into a JobResult (and leave no partial output)."""
+    result = _run_and_classify(args)
+    if result.status == "failed":
+        for partial in (args.output, args.text_out):
+            partial.unlink(missing_ok=True)
+    return result
+
+
+def _run_and_classify(args: JobArgs) -> JobResult:
     try:
         return run_job(args)
     except IntakeRejected as rejected:
@@ -217,13 +225,13 @@ def _image_to_pdf(image_path: Path, out: Path, default_dpi: int) -> Path:
         dpi = im.info.get("dpi") or (0, 0)
         convertible = im.mode in ("1", "L", "P", "RGB", "CMYK") and "transparency" not in im.info
         frames = int(getattr(im, "n_frames", 1))
-    layout = None
+    options: dict[str, Any] = {}
     if min(float(dpi[0] or 0), float(dpi[1] or 0)) <= MIN_PLAUSIBLE_DPI:
-        layout = img2pdf.get_fixed_dpi_layout_fun((default_dpi, default_dpi))
+        options["layout_fun"] = img2pdf.get_fixed_dpi_layout_fun((default_dpi, default_dpi))
     sources: list[Path] = [image_path]
     if not convertible:
         sources = _flatten_frames(image_path, out.parent, frames)
-    out.write_bytes(img2pdf.convert([str(p) for p in sources], layout_fun=layout))
+    out.write_bytes(img2pdf.convert([str(p) for p in sources], **options))
     return out
 
 
@@ -261,9 +269,10 @@ def _choose_mode(pdf_path: Path, max_page_pixels: int) -> OcrMode:
     from ocrmypdf.pdfinfo import PdfInfo
 
     info = PdfInfo(pdf_path, max_workers=1, use_threads=True)
-    with_text = [bool(page.has_text) for page in info.pages]
+    with_text = [page is not None and page.has_text for page in info.pages]
     for number, page in enumerate(info.pages, start=1):
-        _check_raster_size(number, page, max_page_pixels, with_text[number - 1])
+        if page is not None:
+            _check_raster_size(number, page, max_page_pixels, with_text[number - 1])
     if all(with_text):
         return "born_digital"
     return "mixed" if any(with_text) else "scan"
@@ -373,13 +382,13 @@ def _has_words(text: str) -> bool:
 def ink_fraction(page: Any) -> float:
     """Share of pixels clearly darker than the paper, at low resolution."""
     bitmap = page.render(scale=BLANK_RENDER_DPI / 72, grayscale=True)
-    histogram = bitmap.to_pil().convert("L").histogram()
+    histogram: list[int] = bitmap.to_pil().convert("L").histogram()
     total = sum(histogram)
     if not total:
         return 0.0
     paper = _percentile(histogram, total, 0.9)
     threshold = max(0, paper - INK_CONTRAST)
-    return sum(histogram[:threshold]) / total
+    return float(sum(histogram[:threshold])) / total
 
 
 def _percentile(histogram: list[int], total: int, q: float) -> int:

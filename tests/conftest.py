@@ -5,9 +5,6 @@ worker runs in a background thread, so HTTP callbacks (payment provider → webh
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from aktenlauf.settings import Settings
+from aktenlauf.embedded import ApiServer, WorkerThread
 from tests.servers import *  # noqa: F403 - fixtures: temporal_server, s3_server, database_url
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "scans"
@@ -29,62 +26,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class ApiServer:
-    def __init__(self, app, port: int) -> None:  # type: ignore[no-untyped-def]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                                    access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("API server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-class WorkerThread:
-    """The real worker (worker.run_worker) in a thread with its own event loop."""
-
-    def __init__(self, settings: Settings, queues: tuple[str, ...] = ("cases", "ocr")) -> None:
-        self.settings = settings
-        self.queues = queues
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stop_event: asyncio.Event | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="worker", daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        import worker
-
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.stop_event = asyncio.Event()
-            self.ready.set()
-            await worker.run_worker(self.settings, self.queues, stop=self.stop_event)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001
-            self.error = exc
-            self.ready.set()
-
-    def start(self) -> None:
-        self.thread.start()
-        self.ready.wait(30)
-
-    def stop(self) -> None:
-        if self.loop is not None and self.stop_event is not None:
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(timeout=60)
 
 
 @dataclass

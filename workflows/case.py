@@ -21,7 +21,9 @@ with workflow.unsafe.imports_passed_through():
 
 DEFAULT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                             maximum_interval=timedelta(minutes=1))
-ACTIVITY_TIMEOUT = timedelta(minutes=2)
+# Every case activity is a short database/S3/HTTP step: a worker that dies mid-step is
+# noticed after this long and the step retried elsewhere.
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
 
 
 @workflow.defn(name="CaseWorkflow")
@@ -74,7 +76,7 @@ class CaseWorkflow:
             assert self.decision is not None
             d = self.decision
             verdict = "approved" if d.approve else "rejected"
-            await self._progress("decision", c.APPROVED if d.approve else c.REJECTED,
+            await self._progress("decision", c.APPROVED if d.approve else c.ISSUING,
                                  "Antrag bewilligt" if d.approve else "Antrag abgelehnt",
                                  decision=verdict, decided_by=d.actor.sub, decision_reason=d.reason)
             if not d.approve:

@@ -97,4 +97,4 @@ class MailItemWorkflow:
     async def _act(self, name: str, arg: object, result_type: type | None):  # type: ignore[no-untyped-def]
         args = arg if isinstance(arg, list) else [arg]
         return await workflow.execute_activity(name, args=args, result_type=result_type,
-                                               start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY)
+                                               start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY)

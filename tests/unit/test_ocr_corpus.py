@@ -8,8 +8,9 @@ in seconds: multipage.pdf 24, cardinal.pdf 19, enormous.pdf 17, linn/ccitt/
 jbig2/skew/rotated_skew/encrypted-ownerpw/masks 5.5-6 each, 2400dpi/epson 4.7,
 typewriter.png 3.6, c02-22 3.0, francais 2.1, kcs 1.5, the small/blank PDFs
 0.6-0.9, refused files < 0.05.  The whole corpus takes ~125 s, this file
-~140 s, so nothing is marked slow.  Peak memory: ~0.9 GB RSS in one
-process (enormous.pdf, a 9000 x 9000 page), well inside the 2 GB RLIMIT_AS.
+~150 s, so nothing is marked slow.  Peak memory: ~0.9 GB RSS in one
+process (enormous.pdf / page 2 of multipage.pdf, 9000 x 9000 pixels), inside
+the default 2 GB RLIMIT_AS.
 """
 
 from __future__ import annotations
@@ -252,6 +253,70 @@ def test_multipage_pdf_keeps_existing_text_layer_of_page_four(corpus_ocr: Runner
     assert outcome.text.split("\f")[3].strip() == original.strip()
 
 
+# --------------------------------------------------------------------------- other inputs
+
+
+def make_image(path: Path, variant: str) -> Path:
+    """Typewriter snippets as the image files scanners produce."""
+    from PIL import Image
+
+    with Image.open(CORPUS / "typewriter.png") as page:
+        top, bottom = page.crop((0, 0, 4000, 1000)), page.crop((0, 1000, 4000, 2000))
+    if variant == "multipage-g4.tif":  # 2 frames, CCITT G4, with a resolution
+        first, second = top.convert("1"), bottom.convert("1")
+        first.save(path, save_all=True, append_images=[second], compression="group4",
+                   dpi=(400, 400))
+    elif variant == "no-dpi.jpg":
+        top.convert("RGB").save(path, quality=85)
+    elif variant == "alpha.png":  # img2pdf refuses alpha channels: flattened on white
+        top.convert("RGBA").save(path)
+    return path
+
+
+@pytest.mark.parametrize(("variant", "pages"),
+                         [("multipage-g4.tif", 2), ("no-dpi.jpg", 1), ("alpha.png", 1)])
+def test_image_files_are_wrapped_and_ocred(tmp_path: Path, variant: str, pages: int) -> None:
+    image = make_image(tmp_path / variant, variant)
+    outcome = asyncio.run(run_ocr(image, tmp_path / "job", IntakeLimits()))
+    assert outcome.status == "processed" and outcome.pages == pages
+    assert "linzen" in words(outcome.text)
+
+
+def test_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 50_000, 50_000, 1, 0, 0, 0, 0)  # 2.5 Gpx, 1 bit
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(IntakeRejected) as rejected:
+        inspect_file(bomb, IntakeLimits())
+    assert rejected.value.code == "image_too_large"
+
+
+@pytest.mark.parametrize(("content", "limits", "code"), [
+    (b"", IntakeLimits(), "empty"),
+    (b"%PDF-1.7\n" + b"0" * 2048, IntakeLimits(max_bytes=1024), "file_too_large"),
+    (b"PK\x03\x04 a zip archive", IntakeLimits(), "not_a_supported_file"),
+])
+def test_files_refused_before_parsing(tmp_path: Path, content: bytes, limits: IntakeLimits,
+                                      code: str) -> None:
+    path = tmp_path / "upload.bin"
+    path.write_bytes(content)
+    with pytest.raises(IntakeRejected) as rejected:
+        inspect_file(path, limits)
+    assert rejected.value.code == code
+
+
+def test_too_many_pages_is_refused() -> None:
+    with pytest.raises(IntakeRejected) as rejected:
+        inspect_file(CORPUS / "multipage.pdf", IntakeLimits(max_pages=5))
+    assert rejected.value.code == "too_many_pages"
+
+
 # --------------------------------------------------------------------------- born-digital
 
 
@@ -282,12 +347,20 @@ def test_born_digital_pdf_without_embedded_fonts_is_kept_byte_for_byte(tmp_path:
 def test_timeout_yields_ocr_timeout_and_leaves_no_child_process(tmp_path: Path) -> None:
     limits = IntakeLimits(timeout_per_page_s=0.5, min_timeout_s=3.0)  # 6 pages -> 3 s
     work_dir = tmp_path / "job"
+    children_before = set(children_of(os.getpid()))  # e.g. servers of other test modules
     started = time.monotonic()
     outcome = asyncio.run(run_ocr(CORPUS / "multipage.pdf", work_dir, limits))
     assert (outcome.status, outcome.code) == ("failed", "ocr_timeout")
     assert time.monotonic() - started < 15
-    assert processes_mentioning(str(work_dir)) == []
-    assert children_of(os.getpid()) == []
+    assert processes_mentioning(str(work_dir)) == []  # child, tesseract, gs: all gone
+    assert set(children_of(os.getpid())) <= children_before
+
+
+def test_out_of_memory_yields_resource_limit(tmp_path: Path) -> None:
+    limits = IntakeLimits(memory_limit_mb=400)  # enormous.pdf needs ~0.9 GB
+    outcome = asyncio.run(run_ocr(CORPUS / "enormous.pdf", tmp_path / "job", limits))
+    assert (outcome.status, outcome.code) == ("failed", "resource_limit")
+    assert outcome.reason and "memory" in outcome.reason
 
 
 def test_heartbeat_is_called_while_waiting(tmp_path: Path,

@@ -1,0 +1,205 @@
+"""Case throughput: N cases through the whole path against a bare Temporal workflow of the
+same shape, on the same Temporal server, in the same run.
+
+Whole path: POST /v1/cases → (worker: Akte, Aktenzeichen, routing) → scripted clerk approves
+through the API → scripted payer pays on the sandbox payment page → signed callback →
+certificate rendered and stored in S3 → dispatch → archive.
+Bare: a workflow with the same number of activities (no-ops), one Update and one Signal.
+
+Prints both rates (cases/s) and their ratio. Usage:
+    .venv/bin/python bench/case_throughput.py [--cases 60] [--concurrency 12] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aktenlauf import devstack  # noqa: E402
+from aktenlauf.embedded import ApiServer, WorkerThread  # noqa: E402
+from aktenlauf.settings import Settings  # noqa: E402
+from aktenlauf.temporal import connect  # noqa: E402
+from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
+
+MELDE = "99115005012000"
+ACTIVITIES_PER_CASE = 13  # what a Meldebescheinigung case runs (see workflows/case.py)
+
+
+# -- the bare workflow: same shape, no work --------------------------------------------------
+@activity.defn(name="bare_step")
+def bare_step(n: int) -> int:
+    return n
+
+
+@dataclass
+class BareDecision:
+    approve: bool
+
+
+@workflow.defn(name="BareCase", sandboxed=True)
+class BareCase:
+    def __init__(self) -> None:
+        self.decided = False
+        self.paid = False
+
+    @workflow.run
+    async def run(self, n: int) -> int:
+        for i in range(4):
+            await workflow.execute_activity("bare_step", i, start_to_close_timeout=timedelta(seconds=30))
+        await workflow.wait_condition(lambda: self.decided)
+        for i in range(3):
+            await workflow.execute_activity("bare_step", i, start_to_close_timeout=timedelta(seconds=30))
+        await workflow.wait_condition(lambda: self.paid)
+        for i in range(ACTIVITIES_PER_CASE - 7):
+            await workflow.execute_activity("bare_step", i, start_to_close_timeout=timedelta(seconds=30))
+        return n
+
+    @workflow.update
+    async def decide(self, d: BareDecision) -> str:
+        self.decided = True
+        return "ok"
+
+    @workflow.signal
+    def pay(self) -> None:
+        self.paid = True
+
+    @workflow.query
+    def ready(self) -> bool:
+        return True
+
+
+async def run_bare(client: Client, n: int, concurrency: int) -> list[float]:
+    queue = "bare-" + uuid.uuid4().hex[:6]
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            h = await client.start_workflow(BareCase.run, i, id=f"bare-{queue}-{i}", task_queue=queue)
+            await h.execute_update(BareCase.decide, BareDecision(True))
+            await h.signal(BareCase.pay)
+            await h.result()
+            latencies.append(time.perf_counter() - t0)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        async with Worker(client, task_queue=queue, workflows=[BareCase], activities=[bare_step],
+                          activity_executor=pool, max_concurrent_activities=16):
+            await asyncio.gather(*(one(i) for i in range(n)))
+    return latencies
+
+
+async def run_full(base_url: str, settings: Settings, n: int, concurrency: int) -> list[float]:
+    from api.auth import mint_token
+
+    portal = {"Authorization": "Bearer " + mint_token(settings, "bench-portal", ["integrator"])}
+    clerk = {"Authorization": "Bearer " + mint_token(settings, "bench-clerk", ["clerk"], ["buergerbuero"])}
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency * 3)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+
+        async def until(case_id: str, status: str) -> dict:
+            while True:
+                r = await http.get(f"/v1/cases/{case_id}", headers=portal)
+                body = r.json()
+                if body["status"] == status:
+                    return body
+                await asyncio.sleep(0.05)
+
+        async def one(i: int) -> None:
+            async with sem:
+                t0 = time.perf_counter()
+                r = await http.post("/v1/cases", headers={**portal, "Idempotency-Key": f"bench-{uuid.uuid4().hex}"},
+                                    json={"service_key": MELDE, "applicant": {"name": f"Bench Person {i}",
+                                          "address_lines": ["Teststraße 1"]}, "form": {"Zweck": "Benchmark"}})
+                r.raise_for_status()
+                case_id = r.json()["case_id"]
+                await until(case_id, "awaiting_decision")
+                d = await http.post(f"/v1/cases/{case_id}/decision", headers=clerk, json={"decision": "approve"})
+                d.raise_for_status()
+                pay = await http.post(d.json()["payment_url"], data={"action": "pay"})
+                pay.raise_for_status()
+                await until(case_id, "completed")
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return latencies
+
+
+def report(name: str, n: int, wall: float, lat: list[float]) -> float:
+    rate = n / wall
+    lat = sorted(lat)
+    p95 = lat[max(0, int(len(lat) * 0.95) - 1)]
+    print(f"{name:<12} {n:>5} cases in {wall:7.2f} s  = {rate:6.2f} cases/s   "
+          f"latency p50 {statistics.median(lat):5.2f} s  p95 {p95:5.2f} s")
+    return rate
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=60)
+    ap.add_argument("--concurrency", type=int, default=12)
+    ap.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    args = ap.parse_args()
+
+    from eakte.db import migrate
+
+    tmp = Path(tempfile.mkdtemp(prefix="aktenlauf-bench-"))
+    temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), ui_port=None,
+                                           search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log",
+                                           headless=True)
+    s3 = devstack.start_seaweedfs(tmp / "s3", s3_port=devstack.free_port(), access_key="bench",
+                                  secret_key="bench-secret", log_file=tmp / "s3.log")
+    try:
+        port = devstack.free_port()
+        db_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+        migrate(db_url)
+        settings = Settings(environment="test", database_url=db_url, temporal_address=temporal.address,
+                            s3_endpoint=s3.endpoint, s3_access_key="bench", s3_secret_key="bench-secret",
+                            s3_bucket="bench", public_base_url=f"http://127.0.0.1:{port}", log_level="WARNING")
+        from aktenlauf.logging import configure_logging
+        from api.app import create_app
+
+        configure_logging("WARNING", "console")
+        api = ApiServer(create_app(settings), port)
+        api.start()
+        worker = WorkerThread(settings, ("cases",))
+        worker.start()
+        client = await connect(settings)
+        print(f"# {args.cases} cases, {args.concurrency} in flight, database {db_url.split('://')[0]}, "
+              f"Temporal dev server (SQLite), SeaweedFS S3, 2 cores")
+        await run_full(f"http://127.0.0.1:{port}", settings, min(5, args.cases), args.concurrency)  # warm-up
+        await run_bare(client, min(5, args.cases), args.concurrency)
+        t0 = time.perf_counter()
+        bare_lat = await run_bare(client, args.cases, args.concurrency)
+        bare = report("bare", args.cases, time.perf_counter() - t0, bare_lat)
+        t0 = time.perf_counter()
+        full_lat = await run_full(f"http://127.0.0.1:{port}", settings, args.cases, args.concurrency)
+        full = report("whole path", args.cases, time.perf_counter() - t0, full_lat)
+        print(f"ratio whole/bare = {full / bare:.2f}")
+        worker.stop()
+        api.stop()
+    finally:
+        s3.process.stop()
+        temporal.process.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -15,12 +15,15 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from aktenlauf.temporal import data_converter
 from eakte.models import SandboxPayment, Vorgang
 from intake.catalog import load_catalog
 from tests.servers import temporal_test_server_path
 from workflows import contracts as c
 from workflows.case import CaseWorkflow
+from workflows.search import ALL as ALL_SEARCH_ATTRIBUTES
 from worker import Dependencies, case_activities
 
 MELDE = "99115005012000"
@@ -32,6 +35,10 @@ async def env():  # type: ignore[no-untyped-def]
 
     e = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server_path(), data_converter=data_converter(Settings(environment="test")))
+    # the test server knows only the search attributes registered on it (it has no List call)
+    await e.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=e.client.namespace,
+        search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in ALL_SEARCH_ATTRIBUTES}))
     try:
         yield e
     finally:

@@ -11,13 +11,18 @@ from eakte.models import Akte, Dispatch, Dokument, Version
 from tests.integration.helpers import HUND, MAENGEL, MELDE, application, pay, wait_for_case
 
 PORTAL = ("portal-1", "integrator")
+
+
+def key(stack, name: str) -> str:  # type: ignore[no-untyped-def]
+    """Idempotency keys unique per stack: both database backends share one Temporal server."""
+    return f"{name}-{stack.settings.task_queue}"
 CLERK = ("clerk-bb", "clerk", "buergerbuero")
 
 
 async def test_meldebescheinigung_from_submission_to_downloaded_certificate(stack) -> None:
     portal, clerk = stack.token(*PORTAL), stack.token(*CLERK)
     async with stack.client() as http:
-        r = await http.post("/v1/cases", json=application(), headers={**portal, "Idempotency-Key": "happy-1"})
+        r = await http.post("/v1/cases", json=application(), headers={**portal, "Idempotency-Key": key(stack, "happy")})
         assert r.status_code == 201, r.text
         created = r.json()
         case_id, az = created["case_id"], created["aktenzeichen"]
@@ -115,18 +120,18 @@ async def test_same_idempotency_key_twice_makes_one_case_and_a_different_body_co
     portal = stack.token(*PORTAL)
     body = application()
     async with stack.client() as http:
-        first = await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": "dup-42"})
-        second = await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": "dup-42"})
+        first = await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": key(stack, "dup-42")})
+        second = await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": key(stack, "dup-42")})
         assert first.status_code == second.status_code == 201
         assert first.json()["case_id"] == second.json()["case_id"]
         assert first.json()["aktenzeichen"] == second.json()["aktenzeichen"]
         other = await http.post("/v1/cases", json=application(name="Max Muster"),
-                                headers={**portal, "Idempotency-Key": "dup-42"})
+                                headers={**portal, "Idempotency-Key": key(stack, "dup-42")})
         assert other.status_code == 409
         assert other.headers["content-type"].startswith("application/problem+json")
         # another integrator's key space is separate
         third = await http.post("/v1/cases", json=body,
-                                headers={**stack.token("portal-2", "integrator"), "Idempotency-Key": "dup-42"})
+                                headers={**stack.token("portal-2", "integrator"), "Idempotency-Key": key(stack, "dup-42")})
         assert third.status_code == 201 and third.json()["case_id"] != first.json()["case_id"]
     with stack.sessions()() as s:
         assert s.scalar(select(func.count()).select_from(Akte).where(
@@ -137,12 +142,12 @@ async def test_idempotency_key_of_a_finished_case_still_answers_that_case(stack)
     portal = stack.token(*PORTAL)
     body = application(MAENGEL, Mangel="Laterne defekt")
     async with stack.client() as http:
-        first = (await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": "fin-1"})).json()
+        first = (await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": key(stack, "fin")})).json()
         await wait_for_case(http, first["case_id"], portal, status="completed")
-        again = await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": "fin-1"})
+        again = await http.post("/v1/cases", json=body, headers={**portal, "Idempotency-Key": key(stack, "fin")})
         assert again.status_code == 201 and again.json()["case_id"] == first["case_id"]
         changed = await http.post("/v1/cases", json=application(MAENGEL, Mangel="anders"),
-                                  headers={**portal, "Idempotency-Key": "fin-1"})
+                                  headers={**portal, "Idempotency-Key": key(stack, "fin")})
         assert changed.status_code == 409
 
 

@@ -37,7 +37,7 @@ run: install
 	$(BIN)/aktenlauf dev
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/case_throughput.py

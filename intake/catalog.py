@@ -86,5 +86,6 @@ def load_catalog(path: Path) -> Catalog:
         authority_name=str(authority.get("name", "")),
         authority_address=tuple(str(x) for x in authority.get("address_lines", []) or []),  # type: ignore[union-attr]
         departments={k: Department(key=k, name=v.get("name", k)) for k, v in model.departments.items()},
-        services={s.key: ServiceEntry(**s.model_dump()) for s in model.services},
+        services={s.key: ServiceEntry(**s.model_dump(), department_name=model.departments[s.department].get("name", s.department))
+                  for s in model.services},
     )

@@ -19,6 +19,7 @@ class ServiceEntry:
     payment_days: int = 14
     keywords: list[str] = field(default_factory=list)
     retention_years: int = 10
+    department_name: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

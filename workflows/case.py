@@ -67,7 +67,7 @@ class CaseWorkflow:
             return c.CaseResult(status=self.status, aktenzeichen=opened.aktenzeichen)
         self.department = svc.department
         due = (workflow.now() + timedelta(days=svc.processing_days)).date().isoformat()
-        await self._progress("routing", c.RECEIVED, f"Zuständig: {svc.department}", department=svc.department, due_on=due)
+        await self._progress("routing", c.RECEIVED, f"Zuständig: {svc.department_name or svc.department}", department=svc.department, due_on=due)
 
         # clerk decision
         if svc.decision_required:

@@ -24,33 +24,29 @@ def application(service_key: str | None = MELDE, name: str = "Erika Mustermann",
     }
 
 
-async def wait_for_case(client: httpx.AsyncClient, case_id: str, headers: dict[str, str], *,
-                        status: str | tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
-    wanted = (status,) if isinstance(status, str) else status
+async def _poll(client: httpx.AsyncClient, url: str, headers: dict[str, str], wanted: tuple[str, ...],
+                timeout: float, interval: float, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        r = await client.get(f"/v1/cases/{case_id}", headers=headers)
+        r = await client.get(url, headers=headers)
         if r.status_code == 200:
             last = r.json()
             if last["status"] in wanted:
                 return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"case {case_id} did not reach {wanted}; last: {last.get('status')} {last.get('timeline')}")
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} did not reach {wanted}; last: {last}")
+
+
+async def wait_for_case(client: httpx.AsyncClient, case_id: str, headers: dict[str, str], *,
+                        status: str | tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+    wanted = (status,) if isinstance(status, str) else status
+    return await _poll(client, f"/v1/cases/{case_id}", headers, wanted, timeout, 0.2, f"case {case_id}")
 
 
 async def wait_for_mail(client: httpx.AsyncClient, item_id: str, headers: dict[str, str], *,
                         status: tuple[str, ...] = ("filed", "triage", "failed"), timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        r = await client.get(f"/v1/mailroom/items/{item_id}", headers=headers)
-        if r.status_code == 200:
-            last = r.json()
-            if last["status"] in status:
-                return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"mail item {item_id} did not reach {status}; last: {last}")
+    return await _poll(client, f"/v1/mailroom/items/{item_id}", headers, status, timeout, 0.5, f"mail item {item_id}")
 
 
 async def pay(client: httpx.AsyncClient, payment_url: str, action: str = "pay") -> None:

@@ -128,6 +128,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if stopping:
             return
         stopping = True
+        # make forwards the terminal's Ctrl-C to us a second time: finish stopping regardless
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\n• stopping …", flush=True)
         for p in reversed(procs):
             p.stop()

@@ -41,6 +41,7 @@ class CaseActivities:
 
     def _bind(self, case_id: str) -> None:
         info = activity.info()
+        structlog.contextvars.clear_contextvars()  # pool threads are reused across activities
         structlog.contextvars.bind_contextvars(case_id=case_id, workflow_id=info.workflow_id,
                                                activity=info.activity_type, attempt=info.attempt)
 

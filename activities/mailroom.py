@@ -28,6 +28,7 @@ PREVIEW_CHARS = 2000
 
 def _bind(item_id: str) -> None:
     info = activity.info()
+    structlog.contextvars.clear_contextvars()  # pool threads are reused across activities
     structlog.contextvars.bind_contextvars(mail_item_id=item_id, workflow_id=info.workflow_id,
                                            activity=info.activity_type, attempt=info.attempt)
 

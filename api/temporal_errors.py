@@ -17,7 +17,9 @@ _BY_TYPE: dict[str, type[AktenlaufError]] = {
 }
 
 
-def translate(exc: BaseException) -> AktenlaufError:
+def translate(exc: BaseException, *, known_case: bool = False) -> AktenlaufError:
+    """`known_case`: the case exists in the read model, so a missing workflow means it has
+    finished (the case is closed), not that it never existed."""
     if isinstance(exc, WorkflowUpdateFailedError):
         cause = exc.cause
         while cause is not None and not isinstance(cause, ApplicationError):
@@ -27,6 +29,8 @@ def translate(exc: BaseException) -> AktenlaufError:
         return Conflict(str(exc.cause or exc))
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.NOT_FOUND:
+            if known_case:
+                return Conflict("the case is closed and accepts no further changes")
             return NotFound("the case's workflow was not found")
         if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             return Unavailable(f"Temporal is unavailable: {exc.message}")

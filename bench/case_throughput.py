@@ -25,11 +25,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import ApiServer, WorkerThread  # noqa: E402
@@ -37,51 +37,9 @@ from aktenlauf.settings import Settings  # noqa: E402
 from aktenlauf.temporal import connect  # noqa: E402
 from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
 
+from bare_workflow import BareCase, BareDecision, bare_step  # noqa: E402
+
 MELDE = "99115005012000"
-ACTIVITIES_PER_CASE = 13  # what a Meldebescheinigung case runs (see workflows/case.py)
-
-
-# -- the bare workflow: same shape, no work --------------------------------------------------
-@activity.defn(name="bare_step")
-def bare_step(n: int) -> int:
-    return n
-
-
-@dataclass
-class BareDecision:
-    approve: bool
-
-
-@workflow.defn(name="BareCase", sandboxed=True)
-class BareCase:
-    def __init__(self) -> None:
-        self.decided = False
-        self.paid = False
-
-    @workflow.run
-    async def run(self, n: int) -> int:
-        for i in range(4):
-            await workflow.execute_activity("bare_step", i, start_to_close_timeout=timedelta(seconds=30))
-        await workflow.wait_condition(lambda: self.decided)
-        for i in range(3):
-            await workflow.execute_activity("bare_step", i, start_to_close_timeout=timedelta(seconds=30))
-        await workflow.wait_condition(lambda: self.paid)
-        for i in range(ACTIVITIES_PER_CASE - 7):
-            await workflow.execute_activity("bare_step", i, start_to_close_timeout=timedelta(seconds=30))
-        return n
-
-    @workflow.update
-    async def decide(self, d: BareDecision) -> str:
-        self.decided = True
-        return "ok"
-
-    @workflow.signal
-    def pay(self) -> None:
-        self.paid = True
-
-    @workflow.query
-    def ready(self) -> bool:
-        return True
 
 
 async def run_bare(client: Client, n: int, concurrency: int) -> list[float]:
@@ -159,8 +117,10 @@ async def main() -> None:
     ap.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     args = ap.parse_args()
 
+    from aktenlauf.logging import configure_logging
     from eakte.db import migrate
 
+    configure_logging("WARNING", "console")
     tmp = Path(tempfile.mkdtemp(prefix="aktenlauf-bench-"))
     temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), ui_port=None,
                                            search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log",
@@ -174,10 +134,8 @@ async def main() -> None:
         settings = Settings(environment="test", database_url=db_url, temporal_address=temporal.address,
                             s3_endpoint=s3.endpoint, s3_access_key="bench", s3_secret_key="bench-secret",
                             s3_bucket="bench", public_base_url=f"http://127.0.0.1:{port}", log_level="WARNING")
-        from aktenlauf.logging import configure_logging
         from api.app import create_app
 
-        configure_logging("WARNING", "console")
         api = ApiServer(create_app(settings), port)
         api.start()
         worker = WorkerThread(settings, ("cases",))

@@ -40,6 +40,7 @@ class CaseWorkflow:
         self.outcome: c.DecisionOutcome | None = None
         self.payment: c.PaymentRequested | None = None
         self.paid: c.PaymentEvent | None = None
+        self.payment_events: list[c.PaymentEvent] = []
         self.history: list[c.HistoryEntry] = []
         self.documents: list[str] = []
         self.letters: list[c.LetterFiled] = []
@@ -91,7 +92,9 @@ class CaseWorkflow:
             await self._progress("payment", c.AWAITING_PAYMENT, "Gebühr fällig", payment_status="open")
             self._finish_decision(c.DecisionOutcome(decision="approved", status=c.AWAITING_PAYMENT,
                                                     payment_url=self.payment.payment_url))
-            paid_in_time = await self._wait(lambda: self.paid is not None, timedelta(days=svc.payment_days))
+            paid_in_time = await self._wait(lambda: self._confirmed_payment() is not None,
+                                            timedelta(days=svc.payment_days))
+            self.paid = self._confirmed_payment()
             if not paid_in_time:
                 await self._act(c.ACT_CANCEL_PAYMENT, self.payment.payment_id, None)
                 await self._progress("payment", c.CANCELLED, "Zahlungsfrist abgelaufen: Antrag storniert",
@@ -174,15 +177,19 @@ class CaseWorkflow:
     # -- signals and query ---------------------------------------------------------------
     @workflow.signal(name="payment_event")
     def payment_event(self, ev: c.PaymentEvent) -> None:
-        if self.paid is not None or self.payment is None:
-            return  # duplicate delivery or no payment requested: ignore
-        if ev.payment_id != self.payment.payment_id or ev.status != "paid":
-            workflow.logger.warning("payment event ignored", extra={"event_id": ev.event_id, "status": ev.status})
-            return
-        if self.inp.service is not None and ev.amount_cents != self.inp.service.fee_cents:
-            workflow.logger.warning("payment amount mismatch", extra={"event_id": ev.event_id})
-            return
-        self.paid = ev
+        # Kept even when it arrives before the payment request's result is applied (a fast
+        # payer): _confirmed_payment() matches events against the payment once it is known.
+        if all(e.event_id != ev.event_id for e in self.payment_events):
+            self.payment_events.append(ev)
+
+    def _confirmed_payment(self) -> c.PaymentEvent | None:
+        if self.payment is None:
+            return None
+        fee = self.inp.service.fee_cents if self.inp.service else 0
+        for ev in self.payment_events:
+            if ev.payment_id == self.payment.payment_id and ev.status == "paid" and ev.amount_cents == fee:
+                return ev
+        return None
 
     @workflow.signal(name="letter_filed")
     def letter_filed(self, ev: c.LetterFiled) -> None:

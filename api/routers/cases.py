@@ -151,6 +151,8 @@ async def upload_document(
     v = await visible_case(ctx, p, case_id)
     if not can_add_document(p, department=v.department, integrator=v.integrator):
         raise Forbidden("you may not add documents to this case")
+    if v.status in c.FINAL_STATUSES:
+        raise Conflict(f"the case is closed ({v.status}); no documents can be added")
     ref = await store_upload(ctx, file)
     try:
         doc_id: str = await ctx.client().get_workflow_handle(case_id).execute_update(
@@ -159,7 +161,7 @@ async def upload_document(
         )
     except (WorkflowUpdateFailedError, RPCError) as exc:
         await discard_if_unreferenced(ctx, ref)
-        raise translate(exc) from exc
+        raise translate(exc, known_case=True) from exc
     return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)
 
 
@@ -174,5 +176,5 @@ async def decide(case_id: str, body: DecisionIn, ctx: Ctx, p: CurrentPrincipal, 
         out: c.DecisionOutcome = await ctx.client().get_workflow_handle(case_id).execute_update(
             CaseWorkflow.decide, c.Decision(actor=_actor(p), approve=body.decision == "approve", reason=body.reason))
     except (WorkflowUpdateFailedError, RPCError) as exc:
-        raise translate(exc) from exc
+        raise translate(exc, known_case=True) from exc
     return DecisionOut(decision=out.decision, status=out.status, payment_url=out.payment_url)

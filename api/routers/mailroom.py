@@ -104,5 +104,5 @@ async def assign_item(item_id: str, body: AssignIn, ctx: Ctx, p: CurrentPrincipa
             c.AssignLetter(actor=c.Actor(sub=p.sub, roles=list(p.roles), departments=list(p.departments)),
                            aktenzeichen=body.aktenzeichen))
     except (WorkflowUpdateFailedError, RPCError) as exc:
-        raise translate(exc) from exc
+        raise translate(exc, known_case=True) from exc
     return item_out(await _item(ctx, item_id))

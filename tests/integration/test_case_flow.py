@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 from pypdf import PdfReader
 from sqlalchemy import func, select
@@ -182,3 +183,18 @@ async def test_versions_are_hashed_and_point_to_stored_objects(stack) -> None:
     assert versions
     for v in versions[:20]:
         assert store.get_bytes(v.object_key, v.sha256)
+
+
+async def test_an_upload_to_a_closed_case_is_refused_and_stores_nothing(stack) -> None:
+    portal = stack.token(*PORTAL)
+    async with stack.client() as http:
+        r = await http.post("/v1/cases", json=application(MAENGEL, Mangel="Bank kaputt"), headers=portal)
+        case_id = r.json()["case_id"]
+        await wait_for_case(http, case_id, portal, status="completed")
+        payload = _tiny_pdf() + uuid.uuid4().hex.encode()  # unique bytes: a new object
+        sha = hashlib.sha256(payload).hexdigest()
+        up = await http.post(f"/v1/cases/{case_id}/documents", headers=portal,
+                             files={"file": ("spaet.pdf", payload, "application/pdf")})
+        assert up.status_code == 409
+        assert up.headers["content-type"].startswith("application/problem+json")
+    assert not stack.store().exists(f"sha256/{sha[:2]}/{sha}")

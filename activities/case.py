@@ -108,7 +108,7 @@ class CaseActivities:
                 content_type=p.ref.content_type, created_by=p.created_by, channel=p.channel, akte_id=v.akte_id,
                 vorgang_id=v.id,
             )
-            records.audit(s, actor=p.created_by, role="", action="document.create", target_type="document",
+            records.audit(s, actor=p.created_by, role="user", action="document.create", target_type="document",
                           target_id=doc.id, case_id=p.case_id)
             return doc.id
 

@@ -22,19 +22,14 @@ import structlog
 
 from aktenlauf import devstack
 from aktenlauf.devstack import SeaweedS3, TemporalDev
+from workflows.search import ALL as ALL_SEARCH_ATTRIBUTES
 
 if TYPE_CHECKING:
     import psycopg
 
 log = structlog.get_logger(__name__)
 
-SEARCH_ATTRIBUTES: dict[str, str] = {
-    "AktenlaufStatus": "Keyword",
-    "AktenlaufService": "Keyword",
-    "AktenlaufDepartment": "Keyword",
-    "AktenlaufStep": "Keyword",
-    "Aktenzeichen": "Keyword",
-}
+SEARCH_ATTRIBUTES: dict[str, str] = dict(ALL_SEARCH_ATTRIBUTES)  # the ones the workflows upsert
 TEST_S3_ACCESS_KEY = "aktenlauf-test"
 TEST_S3_SECRET_KEY = "aktenlauf-test-secret-0123456789"  # noqa: S105 - throwaway test server
 

@@ -83,7 +83,8 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
         if isinstance(exc, RPCError) and "already" in exc.message.lower():
             return await _replay_closed(ctx, case_id, fingerprint)
         raise translate(exc) from exc
-    log.info("case.created", aktenzeichen=reg.aktenzeichen)
+    structlog.contextvars.bind_contextvars(aktenzeichen=reg.aktenzeichen)
+    log.info("case.created")
     return CaseCreated(case_id=reg.case_id, aktenzeichen=reg.aktenzeichen, status=reg.status)
 
 
@@ -102,6 +103,7 @@ async def visible_case(ctx: Ctx, p: Principal, case_id: str) -> Vorgang:
     v = await ctx.db(lambda s: s.get(Vorgang, case_id))
     if v is None or not can_read_case(p, department=v.department, integrator=v.integrator):
         raise NotFound(f"case {case_id} not found")
+    structlog.contextvars.bind_contextvars(case_id=v.id, workflow_id=v.id, aktenzeichen=v.aktenzeichen)
     return v
 
 

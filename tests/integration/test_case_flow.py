@@ -198,3 +198,17 @@ async def test_an_upload_to_a_closed_case_is_refused_and_stores_nothing(stack) -
         assert up.status_code == 409
         assert up.headers["content-type"].startswith("application/problem+json")
     assert not stack.store().exists(f"sha256/{sha[:2]}/{sha}")
+
+
+async def test_health_readiness_and_the_public_catalog(stack) -> None:
+    async with stack.client() as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"temporal": "ok", "s3": "ok", "database": "ok"}
+        services = (await http.get("/v1/services")).json()
+        melde = next(s for s in services if s["key"] == MELDE)
+        assert melde["department_name"] == "Bürgerbüro" and melde["fee_cents"] == 1000
+        assert melde["required_documents"] and melde["processing_days"] == 5
+        assert len(services) >= 6
+        assert "/v1/cases" in (await http.get("/openapi.json")).json()["paths"]

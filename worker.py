@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
+from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -41,7 +42,7 @@ WORKFLOWS = [CaseWorkflow, MailItemWorkflow]
 class Dependencies:
     settings: Settings
     store: BlobStore
-    sessions: object
+    sessions: sessionmaker[Session]
 
     @classmethod
     def build(cls, settings: Settings) -> Dependencies:
@@ -54,13 +55,13 @@ class Dependencies:
 def case_activities(deps: Dependencies) -> list[object]:
     s = deps.settings
     catalog = load_catalog(s.catalog_path)
-    case = CaseActivities(deps.sessions, deps.store, catalog, certificate_secret=s.certificate_code_secret,  # type: ignore[arg-type]
+    case = CaseActivities(deps.sessions, deps.store, catalog, certificate_secret=s.certificate_code_secret,
                           verify_base_url=s.public_base_url.rstrip("/") + "/v1/verify/")
     payment = PaymentActivities(
         PaymentProvider(s.payment_base_url, s.public_base_url.rstrip("/") + "/v1/payments/webhook"),
         case.record_payment,
     )
-    mail = MailroomActivities(deps.sessions, deps.store)  # type: ignore[arg-type]
+    mail = MailroomActivities(deps.sessions, deps.store)
     return [
         case.open_case, case.record_progress, case.file_document, case.issue_document, case.dispatch_document,
         case.archive_case, payment.request_payment, payment.cancel_payment,
@@ -72,7 +73,7 @@ def ocr_activities(deps: Dependencies) -> list[object]:
     s = deps.settings
     limits = IntakeLimits(max_bytes=s.max_upload_bytes, max_pages=s.ocr_max_pages,
                           timeout_per_page_s=s.ocr_timeout_per_page_s, memory_limit_mb=s.ocr_memory_limit_mb)
-    ocr = OcrActivities(deps.sessions, deps.store, limits)  # type: ignore[arg-type]
+    ocr = OcrActivities(deps.sessions, deps.store, limits)
     return [ocr.ocr_mail_item]
 
 

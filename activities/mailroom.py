@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -17,7 +18,7 @@ from eakte import records
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
 from eakte.models import Dokument, MailItem, Version, Vorgang, utcnow
-from intake.ocr import run_ocr
+from intake.ocr import OcrOutcome, run_ocr
 from intake.reference import find_references
 from intake.sniff import IntakeLimits
 from workflows import contracts as c
@@ -162,7 +163,7 @@ class OcrActivities:
             assert v is not None
             return _Src(v.object_key, v.sha256, item.filename)
 
-    def _record(self, item_id: str, outcome, processed: BlobRef | None) -> None:  # type: ignore[no-untyped-def]
+    def _record(self, item_id: str, outcome: OcrOutcome, processed: BlobRef | None) -> None:
         with transaction(self.sessions) as s:
             item = s.get(MailItem, item_id)
             assert item is not None and item.dokument_id is not None
@@ -178,6 +179,8 @@ class OcrActivities:
                                         reason="OCR (ocrmypdf, PDF/A)")
 
 
+@dataclass(frozen=True)
 class _Src:
-    def __init__(self, object_key: str, sha256: str, filename: str) -> None:
-        self.object_key, self.sha256, self.filename = object_key, sha256, filename
+    object_key: str
+    sha256: str
+    filename: str

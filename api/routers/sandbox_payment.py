@@ -161,7 +161,7 @@ async def deliver_callback(ctx: ApiContext, payment_id: str, delays: tuple[float
             except httpx.HTTPError as exc:
                 log.warning("sandbox_pay.callback_failed", payment_id=p.id, error=str(exc))
                 ok = False
-            await ctx.db(lambda s: _count_attempt(s, p.id, ok))
+            await ctx.db(lambda s, delivered=ok: _count_attempt(s, p.id, delivered))
             if ok:
                 return True
     log.error("sandbox_pay.callback_gave_up", payment_id=p.id)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 
 from eakte.db import make_engine
 from eakte.models import Base

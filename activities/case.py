@@ -85,7 +85,8 @@ class CaseActivities:
     def record_progress(self, p: c.ProgressParams) -> None:
         self._bind(p.case_id)
         fields = {k: getattr(p, k) for k in ("department", "due_on", "decision", "decided_by", "decision_reason",
-                                               "payment_status") if getattr(p, k) is not None}
+                                               "payment_status", "service_key", "service_name", "fee_cents",
+                                               "retention_years") if getattr(p, k) is not None}
         with transaction(self.sessions) as s:
             if records.record_event(s, case_id=p.case_id, key=p.key, step=p.step, status=p.status,
                                     message=p.message, public=p.public, fields=fields):

@@ -81,6 +81,18 @@ class CaseOut(BaseModel):
     documents: list[DocumentOut]
 
 
+class RouteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    service_key: Annotated[str, StringConstraints(pattern=r"^\d{14}$")]
+
+
+class CaseRouted(BaseModel):
+    case_id: str
+    service_key: str
+    department: str
+    status: str
+
+
 class DecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decision: Literal["approve", "reject"]

@@ -160,12 +160,17 @@ def record_event(
     vorgang.step = step
     vorgang.status = status
     vorgang.updated_at = utcnow()
-    for name, value in (fields or {}).items():
+    fields = dict(fields or {})
+    if "retention_years" in fields:  # kept on the Akte: it decides the retention date at closing
+        vorgang.akte.retention_years = int(fields.pop("retention_years"))
+    for name, value in fields.items():
         if name == "due_on" and isinstance(value, str):
             value = dt.date.fromisoformat(value)
         setattr(vorgang, name, value)
-    if "department" in (fields or {}):
+    if "department" in fields:
         vorgang.akte.department = vorgang.department
+    if "service_name" in fields:
+        vorgang.akte.title = str(fields["service_name"])
     session.add(TimelineEvent(key=key, vorgang_id=case_id, step=step, status=status, message=message, public=public))
     session.flush()
     return True

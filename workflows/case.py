@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from intake.service import ServiceEntry
     from workflows import contracts as c
     from workflows import search
 
@@ -31,6 +32,8 @@ class CaseWorkflow:
     @workflow.init
     def __init__(self, inp: c.CaseInput) -> None:
         self.inp = inp
+        self.service: ServiceEntry | None = inp.service
+        self.route_request: c.RouteCase | None = None
         self.aktenzeichen: str | None = None
         self.status = c.RECEIVED
         self.step = "intake"
@@ -60,12 +63,15 @@ class CaseWorkflow:
         self._note("intake", c.RECEIVED, f"Antrag eingegangen, Aktenzeichen {opened.aktenzeichen}")
         self._upsert()
 
-        # routing
+        # routing: a request without a known service waits for the mailroom to assign one
         if svc is None:
-            await self._progress("routing", c.TRIAGE, "Keine Leistung zugeordnet: an die Poststelle zur Klärung",
-                                 public=True)
-            await workflow.wait_condition(lambda: self.closed)  # triage actions arrive with the mailroom issue
-            return c.CaseResult(status=self.status, aktenzeichen=opened.aktenzeichen)
+            await self._progress("routing", c.TRIAGE, "Keine Leistung zugeordnet: an die Poststelle zur Klärung")
+            await workflow.wait_condition(lambda: self.route_request is not None)
+            assert self.route_request is not None
+            svc = self.service = self.route_request.service
+            await self._progress("routing", c.RECEIVED, f"Von der Poststelle zugeordnet: {svc.name}",
+                                 service_key=svc.key, service_name=svc.name, fee_cents=svc.fee_cents,
+                                 retention_years=svc.retention_years)
         self.department = svc.department
         due = (workflow.now() + timedelta(days=svc.processing_days)).date().isoformat()
         await self._progress("routing", c.RECEIVED, f"Zuständig: {svc.department_name or svc.department}", department=svc.department, due_on=due)
@@ -156,6 +162,20 @@ class CaseWorkflow:
         if not d.approve and not (d.reason or "").strip():
             raise ApplicationError("a rejection needs a reason", type=c.ERR_INVALID, non_retryable=True)
 
+    @workflow.update(name="route")
+    async def route(self, r: c.RouteCase) -> str:
+        self.route_request = r
+        await workflow.wait_condition(lambda: self.department is not None)
+        return self.status
+
+    @route.validator
+    def _validate_route(self, r: c.RouteCase) -> None:
+        if "mailroom" not in r.actor.roles:
+            raise ApplicationError("only the mailroom may route a case", type=c.ERR_FORBIDDEN, non_retryable=True)
+        if self.status != c.TRIAGE or self.route_request is not None:
+            raise ApplicationError(f"the case is not waiting in triage (status: {self.status})", type=c.ERR_STATE,
+                                   non_retryable=True)
+
     @workflow.update(name="add_document")
     async def add_document(self, a: c.AddDocument) -> str:
         doc_id: str = await self._act(c.ACT_FILE_DOCUMENT, c.FileDocumentParams(
@@ -185,7 +205,7 @@ class CaseWorkflow:
     def _confirmed_payment(self) -> c.PaymentEvent | None:
         if self.payment is None:
             return None
-        fee = self.inp.service.fee_cents if self.inp.service else 0
+        fee = self.service.fee_cents if self.service else 0
         for ev in self.payment_events:
             if ev.payment_id == self.payment.payment_id and ev.status == "paid" and ev.amount_cents == fee:
                 return ev
@@ -202,7 +222,7 @@ class CaseWorkflow:
     def query_status(self) -> c.CaseStatus:
         return c.CaseStatus(
             case_id=self.inp.case_id, aktenzeichen=self.aktenzeichen, status=self.status, step=self.step,
-            service_key=self.inp.service.key if self.inp.service else None, department=self.department,
+            service_key=self.service.key if self.service else None, department=self.department,
             payment_url=self.payment.payment_url if self.payment and not self.paid else None,
             decision=("approved" if self.decision.approve else "rejected") if self.decision else None,
             history=list(self.history), documents=list(self.documents),
@@ -228,13 +248,14 @@ class CaseWorkflow:
         updates = [search.STATUS.value_set(self.status), search.STEP.value_set(self.step)]
         if self.aktenzeichen:
             updates.append(search.AKTENZEICHEN.value_set(self.aktenzeichen))
-        if self.inp.service is not None:
-            updates.append(search.SERVICE.value_set(self.inp.service.key))
+        if self.service is not None:
+            updates.append(search.SERVICE.value_set(self.service.key))
         if self.department:
             updates.append(search.DEPARTMENT.value_set(self.department))
         workflow.upsert_search_attributes(updates)
 
-    async def _progress(self, step: str, status: str, message: str, *, public: bool = True, **fields: str | None) -> None:
+    async def _progress(self, step: str, status: str, message: str, *, public: bool = True,
+                        **fields: str | int | None) -> None:
         self._note(step, status, message)
         self._upsert()
         n = len(self.history)

@@ -116,6 +116,12 @@ class DecisionOutcome:
 
 
 @dataclass
+class RouteCase:
+    actor: Actor
+    service: ServiceEntry
+
+
+@dataclass
 class AddDocument:
     actor: Actor
     ref: DocumentRef
@@ -196,6 +202,10 @@ class ProgressParams:
     decided_by: str | None = None
     decision_reason: str | None = None
     payment_status: str | None = None
+    service_key: str | None = None
+    service_name: str | None = None
+    fee_cents: int | None = None
+    retention_years: int | None = None
 
 
 @dataclass

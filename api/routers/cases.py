@@ -20,7 +20,18 @@ from temporalio.service import RPCError
 from aktenlauf.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from api.auth import CurrentPrincipal, require_role
 from api.context import Ctx
-from api.schemas import CaseCreate, CaseCreated, CaseOut, DecisionIn, DecisionOut, DocumentCreated, DocumentOut, TimelineOut
+from api.schemas import (
+    CaseCreate,
+    CaseCreated,
+    CaseOut,
+    CaseRouted,
+    DecisionIn,
+    DecisionOut,
+    DocumentCreated,
+    DocumentOut,
+    RouteIn,
+    TimelineOut,
+)
 from api.temporal_errors import translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte.access import Principal, can_add_document, can_decide, can_read_case
@@ -165,6 +176,21 @@ async def upload_document(
         await discard_if_unreferenced(ctx, ref)
         raise translate(exc, known_case=True) from exc
     return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)
+
+
+@router.post("/{case_id}/route", response_model=CaseRouted, dependencies=[require_role("mailroom")])
+async def route_case(case_id: str, body: RouteIn, ctx: Ctx, p: CurrentPrincipal) -> CaseRouted:
+    """Mailroom triage: give a case that arrived without a known service its service."""
+    await visible_case(ctx, p, case_id)
+    service = ctx.catalog.service(body.service_key)
+    if service is None:
+        raise InvalidInput(f"unknown service_key {body.service_key}; see GET /v1/services")
+    try:
+        status: str = await ctx.client().get_workflow_handle(case_id).execute_update(
+            CaseWorkflow.route, c.RouteCase(actor=_actor(p), service=service))
+    except (WorkflowUpdateFailedError, RPCError) as exc:
+        raise translate(exc, known_case=True) from exc
+    return CaseRouted(case_id=case_id, service_key=service.key, department=service.department, status=status)
 
 
 @router.post("/{case_id}/decision", response_model=DecisionOut, dependencies=[require_role("clerk")])

@@ -164,6 +164,26 @@ async def test_unknown_service_key_is_refused_and_missing_one_goes_to_triage(sta
         assert (await http.get(f"/v1/cases/{case['case_id']}", headers=mailroom)).status_code == 200
 
 
+async def test_the_mailroom_routes_a_case_without_service_and_it_runs_its_course(stack) -> None:
+    portal, mailroom = stack.token(*PORTAL), stack.token("post-1", "mailroom")
+    async with stack.client() as http:
+        case_id = (await http.post("/v1/cases", json=application(None, Anliegen="Laterne kaputt"),
+                                   headers=portal)).json()["case_id"]
+        await wait_for_case(http, case_id, portal, status="triage")
+        clerk = stack.token("clerk-bb", "clerk", "buergerbuero")
+        assert (await http.post(f"/v1/cases/{case_id}/route", json={"service_key": MAENGEL},
+                                headers=clerk)).status_code == 403
+        assert (await http.post(f"/v1/cases/{case_id}/route", json={"service_key": "12345678901234"},
+                                headers=mailroom)).status_code == 422
+        r = await http.post(f"/v1/cases/{case_id}/route", json={"service_key": MAENGEL}, headers=mailroom)
+        assert r.status_code == 200, r.text
+        assert r.json()["department"] == "bauhof"
+        again = await http.post(f"/v1/cases/{case_id}/route", json={"service_key": MAENGEL}, headers=mailroom)
+        assert again.status_code in (404, 409)  # no longer in triage (and no longer the mailroom's to see)
+        done = await wait_for_case(http, case_id, portal, status="completed")
+        assert done["service_name"] == "Mängelmeldung" and done["department"] == "bauhof"
+
+
 def _tiny_pdf() -> bytes:
     from io import BytesIO
 

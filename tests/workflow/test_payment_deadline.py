@@ -52,14 +52,18 @@ def _input(stack, case_id: str) -> c.CaseInput:  # type: ignore[no-untyped-def]
                        requested_service_key=MELDE, form={})
 
 
-async def _run_until_payment(env, stack, case_id: str):  # type: ignore[no-untyped-def]
+async def _start_until_decision(env, stack, case_id: str):  # type: ignore[no-untyped-def]
     handle = await env.client.start_workflow(CaseWorkflow.run, _input(stack, case_id), id=case_id,
                                              task_queue="ts-cases")
     for _ in range(200):
-        st: c.CaseStatus = await handle.query(CaseWorkflow.query_status)
-        if st.status == c.AWAITING_DECISION:
-            break
+        if (await handle.query(CaseWorkflow.query_status)).status == c.AWAITING_DECISION:
+            return handle
         await asyncio.sleep(0.05)
+    raise AssertionError("the case never waited for a decision")
+
+
+async def _run_until_payment(env, stack, case_id: str):  # type: ignore[no-untyped-def]
+    handle = await _start_until_decision(env, stack, case_id)
     out = await handle.execute_update(CaseWorkflow.decide, c.Decision(
         actor=c.Actor(sub="clerk-ts", roles=["clerk"], departments=["buergerbuero"]), approve=True))
     assert out.status == c.AWAITING_PAYMENT and out.payment_url
@@ -89,12 +93,7 @@ async def test_a_decision_from_the_wrong_department_is_refused_by_the_workflow(e
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         async with Worker(env.client, task_queue="ts-cases", workflows=[CaseWorkflow],
                           activities=case_activities(deps), activity_executor=pool):
-            handle = await env.client.start_workflow(CaseWorkflow.run, _input(stack, case_id), id=case_id,
-                                                     task_queue="ts-cases")
-            for _ in range(200):
-                if (await handle.query(CaseWorkflow.query_status)).status == c.AWAITING_DECISION:
-                    break
-                await asyncio.sleep(0.05)
+            handle = await _start_until_decision(env, stack, case_id)
             with pytest.raises(WorkflowUpdateFailedError) as err:
                 await handle.execute_update(CaseWorkflow.decide, c.Decision(
                     actor=c.Actor(sub="clerk-x", roles=["clerk"], departments=["standesamt"]), approve=True))

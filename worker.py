@@ -26,8 +26,8 @@ from activities.mailroom import MailroomActivities, OcrActivities
 from activities.payment import PaymentActivities, PaymentProvider
 from aktenlauf.settings import Settings
 from aktenlauf.temporal import connect
+from aktenlauf.wiring import blob_store, session_factory
 from eakte.blobstore import BlobStore
-from eakte.db import make_engine, make_session_factory
 from intake.catalog import load_catalog
 from intake.sniff import IntakeLimits
 from workflows.case import CaseWorkflow
@@ -46,10 +46,7 @@ class Dependencies:
 
     @classmethod
     def build(cls, settings: Settings) -> Dependencies:
-        store = BlobStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
-                          secure=settings.s3_secure, region=settings.s3_region)
-        engine = make_engine(settings.database_url)
-        return cls(settings=settings, store=store, sessions=make_session_factory(engine))
+        return cls(settings=settings, store=blob_store(settings), sessions=session_factory(settings))
 
 
 def case_activities(deps: Dependencies) -> list[object]:

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from aktenlauf.errors import AktenlaufError
 from eakte import records
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
@@ -23,11 +22,6 @@ from intake.catalog import Catalog
 from workflows import contracts as c
 
 log = structlog.get_logger(__name__)
-
-
-def permanent(exc: AktenlaufError) -> ApplicationError:
-    """Turn a non-retryable domain error into a non-retryable application error."""
-    return ApplicationError(exc.detail, type=type(exc).__name__, non_retryable=not exc.retryable)
 
 
 class CaseActivities:

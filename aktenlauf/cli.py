@@ -62,11 +62,11 @@ def cmd_case(args: argparse.Namespace) -> int:
     """Look a case up by id or Aktenzeichen in the read model (admin)."""
     from sqlalchemy import or_, select
 
-    from eakte.db import make_engine, make_session_factory
+    from aktenlauf.wiring import session_factory
     from eakte.models import TimelineEvent, Vorgang
 
     s = Settings()
-    sessions = make_session_factory(make_engine(s.database_url))
+    sessions = session_factory(s)
     with sessions() as db:
         v = db.scalar(select(Vorgang).where(or_(Vorgang.id == args.ref, Vorgang.aktenzeichen == args.ref)))
         if v is None:

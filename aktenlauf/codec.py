@@ -8,7 +8,7 @@ PAYLOAD_KEYS behind the new active one).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
@@ -51,6 +51,3 @@ class EncryptionCodec(PayloadCodec):
         out.ParseFromString(plain)
         return out
 
-
-def key_ids(ring: Iterable[tuple[str, bytes]]) -> list[str]:
-    return [kid for kid, _ in ring]

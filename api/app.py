@@ -13,11 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from aktenlauf.settings import Settings
 from aktenlauf.temporal import connect
+from aktenlauf.wiring import blob_store, session_factory
 from api import problems
 from api.context import ApiContext
 from api.routers import admin, cases, documents, health, mailroom, payments, sandbox_payment, services, tasks
-from eakte.blobstore import BlobStore
-from eakte.db import make_engine, make_session_factory
 from intake.catalog import load_catalog
 
 log = structlog.get_logger(__name__)
@@ -31,10 +30,8 @@ problem+json.
 
 
 def build_context(settings: Settings) -> ApiContext:
-    store = BlobStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
-                      secure=settings.s3_secure, region=settings.s3_region)
     return ApiContext(settings=settings, catalog=load_catalog(settings.catalog_path),
-                      sessions=make_session_factory(make_engine(settings.database_url)), store=store)
+                      sessions=session_factory(settings), store=blob_store(settings))
 
 
 async def _connect_temporal(ctx: ApiContext) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
+from aktenlauf.errors import Unavailable
 from aktenlauf.settings import Settings
 from eakte.blobstore import BlobStore
 from intake.catalog import Catalog
@@ -27,8 +28,6 @@ class ApiContext:
     temporal: Client | None = None
 
     def client(self) -> Client:
-        from aktenlauf.errors import Unavailable
-
         if self.temporal is None:
             raise Unavailable("Temporal is not connected yet")
         return self.temporal

@@ -127,8 +127,7 @@ class BlobStore:
 
     # -- reads ----------------------------------------------------------------------
     def get_bytes(self, key: str, sha256: str) -> bytes:
-        data = b"".join(self.iter_verified(key, sha256))
-        return data
+        return b"".join(self.iter_verified(key, sha256))
 
     def download_to(self, key: str, sha256: str, path: Path) -> None:
         with path.open("wb") as fh:

@@ -14,18 +14,12 @@ import httpx
 import pytest
 
 from aktenlauf.settings import Settings
+from aktenlauf import devstack
 from aktenlauf.embedded import ApiServer, WorkerThread
+from aktenlauf.wiring import blob_store, session_factory
 from tests.servers import *  # noqa: F403 - fixtures: temporal_server, s3_server, database_url
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "scans"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -43,15 +37,10 @@ class Stack:
         return httpx.AsyncClient(base_url=self.base_url, timeout=60)
 
     def sessions(self):  # type: ignore[no-untyped-def]
-        from eakte.db import make_engine, make_session_factory
-
-        return make_session_factory(make_engine(self.settings.database_url))
+        return session_factory(self.settings)
 
     def store(self):  # type: ignore[no-untyped-def]
-        from eakte.blobstore import BlobStore
-
-        s = self.settings
-        return BlobStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, s.s3_bucket)
+        return blob_store(self.settings)
 
     async def temporal(self):  # type: ignore[no-untyped-def]
         from aktenlauf.temporal import connect
@@ -78,7 +67,7 @@ def stack(database_url: str, temporal_server, s3_server, request) -> Iterator[St
     from eakte.db import migrate
 
     migrate(database_url)
-    port = free_port()
+    port = devstack.free_port()
     settings = stack_settings(database_url, temporal_server, s3_server, port)
     api = ApiServer(create_app(settings), port)
     api.start()

@@ -39,10 +39,8 @@ class CaseWorkflow:
         self.step = "intake"
         self.department: str | None = None
         self.decision: c.Decision | None = None
-        self.decision_processed = False
         self.outcome: c.DecisionOutcome | None = None
         self.payment: c.PaymentRequested | None = None
-        self.paid: c.PaymentEvent | None = None
         self.payment_events: list[c.PaymentEvent] = []
         self.history: list[c.HistoryEntry] = []
         self.documents: list[str] = []
@@ -100,7 +98,6 @@ class CaseWorkflow:
                                                     payment_url=self.payment.payment_url))
             paid_in_time = await self._wait(lambda: self._confirmed_payment() is not None,
                                             timedelta(days=svc.payment_days))
-            self.paid = self._confirmed_payment()
             if not paid_in_time:
                 await self._act(c.ACT_CANCEL_PAYMENT, self.payment.payment_id, None)
                 await self._progress("payment", c.CANCELLED, "Zahlungsfrist abgelaufen: Antrag storniert",
@@ -223,7 +220,7 @@ class CaseWorkflow:
         return c.CaseStatus(
             case_id=self.inp.case_id, aktenzeichen=self.aktenzeichen, status=self.status, step=self.step,
             service_key=self.service.key if self.service else None, department=self.department,
-            payment_url=self.payment.payment_url if self.payment and not self.paid else None,
+            payment_url=self.payment.payment_url if self.payment and not self._confirmed_payment() else None,
             decision=("approved" if self.decision.approve else "rejected") if self.decision else None,
             history=list(self.history), documents=list(self.documents),
         )

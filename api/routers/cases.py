@@ -11,7 +11,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -91,8 +91,6 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
     except WorkflowAlreadyStartedError:
         return await _replay_closed(ctx, case_id, fingerprint)
     except (WorkflowUpdateFailedError, RPCError) as exc:
-        if isinstance(exc, RPCError) and "already" in exc.message.lower():
-            return await _replay_closed(ctx, case_id, fingerprint)
         raise translate(exc) from exc
     structlog.contextvars.bind_contextvars(aktenzeichen=reg.aktenzeichen)
     log.info("case.created")
@@ -135,7 +133,9 @@ async def get_case(case_id: str, ctx: Ctx, p: CurrentPrincipal) -> CaseOut:
             q = q.where(TimelineEvent.public.is_(True))
         events = list(s.scalars(q))
         docs = []
-        for d in s.scalars(select(Dokument).where(Dokument.vorgang_id == case_id).order_by(Dokument.created_at)):
+        q_docs = (select(Dokument).where(Dokument.vorgang_id == case_id).order_by(Dokument.created_at)
+                  .options(selectinload(Dokument.versions)))
+        for d in s.scalars(q_docs):
             if not internal and not d.public and d.created_by != p.sub:
                 continue
             latest = max(d.versions, key=lambda x: x.number)

@@ -62,10 +62,9 @@ async def upload_scans(ctx: Ctx, p: CurrentPrincipal,
         except RPCError as exc:
             await discard_if_unreferenced(ctx, ref)
             raise translate(exc) from exc
-        items.append(MailItemOut(id=handle.id, received_at=utcnow(), channel="api", filename=ref.filename,
-                                 content_type=ref.content_type, sha256=ref.sha256, size=ref.size, status="received",
-                                 reason_code=None, reason=None, pages=None, blank_pages=[], detected_reference=None,
-                                 case_id=None, text_preview=None, document_id=None))
+        items.append(item_out(MailItem(id=handle.id, received_at=utcnow(), channel="api", filename=ref.filename,
+                                       content_type=ref.content_type, sha256=ref.sha256, size=ref.size,
+                                       status="received", blank_pages={})))
     return MailAccepted(items=items)
 
 

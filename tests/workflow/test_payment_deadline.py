@@ -45,6 +45,16 @@ async def env():  # type: ignore[no-untyped-def]
         await e.shutdown()
 
 
+@pytest.fixture
+async def case_worker(env, stack):  # type: ignore[no-untyped-def]
+    """A worker on the time-skipping server with the real case activities."""
+    deps = Dependencies.build(stack.settings)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        async with Worker(env.client, task_queue="ts-cases", workflows=[CaseWorkflow],
+                          activities=case_activities(deps), activity_executor=pool) as worker:
+            yield worker
+
+
 def _input(stack, case_id: str) -> c.CaseInput:  # type: ignore[no-untyped-def]
     service = load_catalog(stack.settings.catalog_path).service(MELDE)
     return c.CaseInput(case_id=case_id, integrator="portal-ts", fingerprint="f" * 64,
@@ -70,16 +80,12 @@ async def _run_until_payment(env, stack, case_id: str):  # type: ignore[no-untyp
     return handle
 
 
-async def test_payment_deadline_passing_cancels_the_case_and_the_payment(env, stack) -> None:
-    deps = Dependencies.build(stack.settings)
+async def test_payment_deadline_passing_cancels_the_case_and_the_payment(env, stack, case_worker) -> None:
     case_id = "case-ts-" + uuid.uuid4().hex
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        async with Worker(env.client, task_queue="ts-cases", workflows=[CaseWorkflow],
-                          activities=case_activities(deps), activity_executor=pool):
-            handle = await _run_until_payment(env, stack, case_id)
-            await env.sleep(timedelta(days=13))
-            assert (await handle.query(CaseWorkflow.query_status)).status == c.AWAITING_PAYMENT
-            result: c.CaseResult = await handle.result()  # the remaining day passes by itself
+    handle = await _run_until_payment(env, stack, case_id)
+    await env.sleep(timedelta(days=13))
+    assert (await handle.query(CaseWorkflow.query_status)).status == c.AWAITING_PAYMENT
+    result: c.CaseResult = await handle.result()  # the remaining day passes by itself
     assert result.status == c.CANCELLED and result.issued_document_id is None
     with stack.sessions()() as s:
         v = s.get(Vorgang, case_id)
@@ -87,15 +93,11 @@ async def test_payment_deadline_passing_cancels_the_case_and_the_payment(env, st
         assert s.get(SandboxPayment, v.payment_id).status == "cancelled"
 
 
-async def test_a_decision_from_the_wrong_department_is_refused_by_the_workflow(env, stack) -> None:
-    deps = Dependencies.build(stack.settings)
+async def test_a_decision_from_the_wrong_department_is_refused_by_the_workflow(env, stack, case_worker) -> None:
     case_id = "case-ts-" + uuid.uuid4().hex
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        async with Worker(env.client, task_queue="ts-cases", workflows=[CaseWorkflow],
-                          activities=case_activities(deps), activity_executor=pool):
-            handle = await _start_until_decision(env, stack, case_id)
-            with pytest.raises(WorkflowUpdateFailedError) as err:
-                await handle.execute_update(CaseWorkflow.decide, c.Decision(
-                    actor=c.Actor(sub="clerk-x", roles=["clerk"], departments=["standesamt"]), approve=True))
-            assert err.value.cause.type == c.ERR_FORBIDDEN  # type: ignore[union-attr]
-            await handle.terminate("test done")
+    handle = await _start_until_decision(env, stack, case_id)
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(CaseWorkflow.decide, c.Decision(
+            actor=c.Actor(sub="clerk-x", roles=["clerk"], departments=["standesamt"]), approve=True))
+    assert err.value.cause.type == c.ERR_FORBIDDEN  # type: ignore[union-attr]
+    await handle.terminate("test done")

@@ -1,0 +1,19 @@
+"""Building the eAkte's clients from the settings, in one place for the API, the worker,
+the CLI and the tests (eakte/ itself never sees the settings)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from aktenlauf.settings import Settings
+from eakte.blobstore import BlobStore
+from eakte.db import make_engine, make_session_factory
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    return BlobStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                     secure=settings.s3_secure, region=settings.s3_region)
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    return make_session_factory(make_engine(settings.database_url))

@@ -61,6 +61,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_case(args: argparse.Namespace) -> int:
     """Look a case up by id or Aktenzeichen in the read model (admin)."""
     from sqlalchemy import or_, select
+    from sqlalchemy.exc import OperationalError
 
     from aktenlauf.wiring import session_factory
     from eakte.models import TimelineEvent, Vorgang
@@ -68,6 +69,12 @@ def cmd_case(args: argparse.Namespace) -> int:
     s = Settings()
     sessions = session_factory(s)
     with sessions() as db:
+        try:
+            db.execute(select(Vorgang.id).limit(1))
+        except OperationalError:
+            print(f"no eAkte database at {s.database_url}: run `make run` (or `aktenlauf migrate`) first",
+                  file=sys.stderr)
+            return 2
         v = db.scalar(select(Vorgang).where(or_(Vorgang.id == args.ref, Vorgang.aktenzeichen == args.ref)))
         if v is None:
             print(f"no case {args.ref!r}", file=sys.stderr)

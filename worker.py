@@ -22,20 +22,23 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.case import CaseActivities
+from activities.disposal import DisposalActivities
 from activities.mailroom import MailroomActivities, OcrActivities
 from activities.payment import PaymentActivities, PaymentProvider
+from aktenlauf.logging import register_secrets, secret_values
 from aktenlauf.settings import Settings
 from aktenlauf.temporal import connect
 from aktenlauf.wiring import blob_store, session_factory
 from eakte.blobstore import BlobStore
-from intake.catalog import load_catalog
+from aktenlauf import wiring
 from intake.sniff import IntakeLimits
 from workflows.case import CaseWorkflow
+from workflows.disposal import DisposalWorkflow
 from workflows.mailroom import MailItemWorkflow
 
 log = structlog.get_logger(__name__)
 
-WORKFLOWS = [CaseWorkflow, MailItemWorkflow]
+WORKFLOWS = [CaseWorkflow, MailItemWorkflow, DisposalWorkflow]
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Dependencies:
 
 def case_activities(deps: Dependencies) -> list[object]:
     s = deps.settings
-    catalog = load_catalog(s.catalog_path)
+    catalog = wiring.catalog(s)
     case = CaseActivities(deps.sessions, deps.store, catalog, certificate_secret=s.certificate_code_secret,
                           verify_base_url=s.public_base_url.rstrip("/") + "/v1/verify/")
     payment = PaymentActivities(
@@ -64,6 +67,13 @@ def case_activities(deps: Dependencies) -> list[object]:
         case.archive_case, payment.request_payment, payment.cancel_payment,
         mail.register_mail_item, mail.set_mail_status, mail.match_mail_reference, mail.file_letter,
     ]
+
+
+def disposal_activities(deps: Dependencies) -> list[object]:
+    from eakte.aktenplan import load_aktenplan
+
+    disposal = DisposalActivities(deps.sessions, deps.store, load_aktenplan(deps.settings.aktenplan_path))
+    return [disposal.offer_due_akten, disposal.execute_disposal, disposal.end_disposal_round]
 
 
 def ocr_activities(deps: Dependencies) -> list[object]:
@@ -80,7 +90,7 @@ def build_workers(client: Client, deps: Dependencies, queues: Sequence[str],
     workers: list[Worker] = []
     if "cases" in queues:
         workers.append(Worker(client, task_queue=s.task_queue, workflows=WORKFLOWS,
-                              activities=case_activities(deps), activity_executor=executor,
+                              activities=case_activities(deps) + disposal_activities(deps), activity_executor=executor,
                               max_concurrent_activities=16, graceful_shutdown_timeout=timedelta(seconds=10)))
     if "ocr" in queues:
         workers.append(Worker(client, task_queue=s.ocr_task_queue, activities=ocr_activities(deps),
@@ -92,9 +102,12 @@ def build_workers(client: Client, deps: Dependencies, queues: Sequence[str],
 async def run_worker(settings: Settings, queues: Sequence[str] = ("cases", "ocr"),
                      stop: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until `stop` is set, for embedding), then shut down gracefully."""
+    register_secrets(secret_values(settings))  # never logged (aktenlauf/logging.py)
     deps = Dependencies.build(settings)
     deps.store.ensure_bucket()
     client = await connect(settings)
+    if "cases" in queues:
+        await _ensure_schedules(client, settings)
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
         workers = build_workers(client, deps, queues, executor)
         log.info("worker.started", queues=list(queues), task_queue=settings.task_queue,
@@ -112,6 +125,16 @@ async def run_worker(settings: Settings, queues: Sequence[str] = ("cases", "ocr"
         for r in runs:
             if r.done() and r.exception() is not None:
                 raise r.exception()  # type: ignore[misc]
+
+
+async def _ensure_schedules(client: Client, settings: Settings) -> None:
+    """The daily Aussonderung round (aktenlauf/schedules.py); a failure is logged, not fatal."""
+    from aktenlauf.schedules import ensure_disposal_schedule
+
+    try:
+        await ensure_disposal_schedule(client, settings)
+    except Exception as exc:  # noqa: BLE001 - the cases must run even if the schedule cannot be set up now
+        log.warning("schedule.ensure_failed", error=str(exc))
 
 
 def main(queues: Sequence[str] = ("cases", "ocr")) -> None:

@@ -4,16 +4,19 @@ key derived from the workflow id and the step."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from dataclasses import asdict
 
 import structlog
+from pypdf import PdfReader
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from eakte import records
+from aktenlauf.errors import NotFound
+from eakte import records, search
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
 from eakte.models import Dokument, utcnow
@@ -39,6 +42,11 @@ class CaseActivities:
         structlog.contextvars.bind_contextvars(case_id=case_id, workflow_id=info.workflow_id,
                                                activity=info.activity_type, attempt=info.attempt)
 
+    def _plan_retention(self, file_plan: str) -> int:
+        """The Aktenplan's retention period for an Akte filed without a service (unassigned mail)."""
+        entry = self.catalog.aktenplan.entry(file_plan) if self.catalog.aktenplan else None
+        return entry.retention_years if entry is not None else 10
+
     @activity.defn(name=c.ACT_OPEN_CASE)
     def open_case(self, p: c.OpenCaseParams) -> c.OpenedCase:
         self._bind(p.case_id)
@@ -61,7 +69,8 @@ class CaseActivities:
                 service_name=p.service.name if p.service else None, integrator=p.integrator,
                 applicant=asdict(p.applicant), form=p.form, fingerprint=p.fingerprint,
                 fee_cents=p.service.fee_cents if p.service else 0,
-                retention_years=p.service.retention_years if p.service else 10, status=c.RECEIVED,
+                retention_years=p.service.retention_years if p.service else self._plan_retention(file_plan),
+                status=c.RECEIVED,
             )
             doc = records.file_document(
                 s, key=f"{p.case_id}:application", ref=ref, kind="Antrag", title="Antrag", filename="antrag.json",
@@ -81,6 +90,12 @@ class CaseActivities:
         fields = {k: getattr(p, k) for k in ("department", "due_on", "decision", "decided_by", "decision_reason",
                                                "payment_status", "service_key", "service_name", "fee_cents",
                                                "retention_years") if getattr(p, k) is not None}
+        note = None
+        if p.decided_by:  # the decision is a document too: an Entscheidungsvermerk in the Akte
+            verdict = {"approved": "Antrag bewilligt", "rejected": "Antrag abgelehnt"}.get(p.decision or "", p.decision)
+            text = (f"Entscheidungsvermerk\n\nEntscheidung: {verdict}\nentschieden von: {p.decided_by}\n"
+                    f"Begründung: {p.decision_reason or '-'}\n")
+            note = (text, self.store.put_bytes(text.encode("utf-8"), "text/plain; charset=utf-8"))  # object first
         with transaction(self.sessions) as s:
             if records.record_event(s, case_id=p.case_id, key=p.key, step=p.step, status=p.status,
                                     message=p.message, public=p.public, fields=fields):
@@ -88,6 +103,13 @@ class CaseActivities:
                     records.audit(s, actor=p.decided_by, role="clerk", action=f"case.{p.decision}",
                                   target_type="case", target_id=p.case_id, case_id=p.case_id,
                                   reason=p.decision_reason)
+                if note is not None:
+                    v = records.get_case(s, p.case_id)
+                    records.file_document(
+                        s, key=f"{p.key}:vermerk", ref=note[1], kind="Vermerk", title="Entscheidungsvermerk",
+                        filename="entscheidungsvermerk.txt", content_type="text/plain; charset=utf-8",
+                        created_by=p.decided_by or "system", channel="intern", akte_id=v.akte_id, vorgang_id=v.id,
+                        text=note[0])
                 log.info("case.progress", step=p.step, status=p.status)
 
     @activity.defn(name=c.ACT_FILE_DOCUMENT)
@@ -96,15 +118,31 @@ class CaseActivities:
         ref = BlobRef(p.ref.bucket, p.ref.key, p.ref.sha256, p.ref.size)
         if not self.store.exists(ref.key):
             raise ApplicationError(f"uploaded object {ref.key} is missing", type="MissingObject", non_retryable=True)
+        text = self._pdf_text(self.store.get_bytes(ref.key, ref.sha256)) if p.ref.content_type == "application/pdf" \
+            else None  # born-digital PDFs are found by their text
         with transaction(self.sessions) as s:
             v = records.get_case(s, p.case_id)
+            if p.supersedes:
+                try:
+                    version = records.new_version(s, key=p.key, dokument_id=p.supersedes, vorgang_id=v.id, ref=ref,
+                                                  created_by=p.created_by, reason=p.reason)
+                except NotFound as exc:
+                    raise ApplicationError(str(exc), type=c.ERR_INVALID, non_retryable=True) from exc
+                changed = s.get(Dokument, p.supersedes)
+                if changed is not None and text is not None and changed.text != text:
+                    changed.text = text  # search finds the newest version's text
+                    search.index_document(s, changed)
+                records.audit(s, actor=p.created_by, role="user", action="document.version", target_type="document",
+                              target_id=p.supersedes, case_id=p.case_id, reason=p.reason,
+                              details={"version": version.number, "sha256": ref.sha256})
+                return p.supersedes
             doc = records.file_document(
                 s, key=p.key, ref=ref, kind=p.kind, title=p.title, filename=p.ref.filename,
                 content_type=p.ref.content_type, created_by=p.created_by, channel=p.channel, akte_id=v.akte_id,
-                vorgang_id=v.id,
+                vorgang_id=v.id, received_at=utcnow(), text=text,
             )
             records.audit(s, actor=p.created_by, role="user", action="document.create", target_type="document",
-                          target_id=doc.id, case_id=p.case_id)
+                          target_id=doc.id, case_id=p.case_id, details={"kind": doc.kind, "sha256": ref.sha256})
             return doc.id
 
     @activity.defn(name=c.ACT_ISSUE_DOCUMENT)
@@ -141,6 +179,7 @@ class CaseActivities:
                 s, key=key, ref=ref, kind=kind, title=title, filename=f"{p.kind}-{aktenzeichen}.pdf",
                 content_type="application/pdf", created_by="system", channel="system", akte_id=akte_id,
                 vorgang_id=p.case_id, public=True, verification_code=code,
+                text=self._pdf_text(pdf),
             )
             records.audit(s, actor="system", role="system", action=f"document.issue.{p.kind}", target_type="document",
                           target_id=doc.id, case_id=p.case_id)
@@ -160,6 +199,19 @@ class CaseActivities:
         with transaction(self.sessions) as s:
             akte = records.close_case(s, case_id=p.case_id, closed_at=utcnow())
             log.info("case.archived", final_status=p.final_status, retention_until=str(akte.retention_until))
+
+    @staticmethod
+    def _pdf_text(data: bytes, max_pages: int = 300) -> str | None:
+        """The text layer of a PDF (pypdf), or None when it has none or cannot be read."""
+        try:
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted:
+                reader.decrypt("")
+            pages = [str(page.extract_text() or "") for page in reader.pages[:max_pages]]
+        except Exception as exc:  # noqa: BLE001 - a PDF without readable text is still filed
+            log.warning("document.text_unreadable", error=str(exc)[:200])
+            return None
+        return "\f".join(pages).replace("\x00", "").strip() or None
 
     def record_payment(self, case_id: str, payment_id: str, payment_url: str) -> None:
         with transaction(self.sessions) as s:

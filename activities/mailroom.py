@@ -3,6 +3,8 @@ file it into a case. Each is idempotent under the mail item id."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncio
 import shutil
 import tempfile
@@ -13,8 +15,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from eakte import records
+from eakte import records, search
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
 from eakte.models import Dokument, MailItem, Version, Vorgang, utcnow
@@ -43,17 +46,22 @@ class MailroomActivities:
     def register_mail_item(self, inp: c.MailInput) -> None:
         _bind(inp.item_id)
         ref = BlobRef(inp.ref.bucket, inp.ref.key, inp.ref.sha256, inp.ref.size)
+        received_at = dt.datetime.fromisoformat(inp.received_at) if inp.received_at else utcnow()
         with transaction(self.sessions) as s:
             if s.get(MailItem, inp.item_id) is not None:
                 return
+            if not self.store.exists(ref.key):  # never a record without its object (e.g. swept meanwhile)
+                raise ApplicationError(f"uploaded object {ref.key} is missing", type="MissingObject",
+                                       non_retryable=True)
             doc = records.file_document(
                 s, key=f"{inp.item_id}:original", ref=ref, kind="Scan", title=f"Posteingang {inp.ref.filename}",
                 filename=inp.ref.filename, content_type=inp.ref.content_type, created_by=inp.submitted_by,
-                channel=inp.channel, akte_id=None, vorgang_id=None,
+                channel=inp.channel, akte_id=None, vorgang_id=None, received_at=received_at,
             )
             s.add(MailItem(id=inp.item_id, channel=inp.channel, filename=inp.ref.filename,
                            content_type=inp.ref.content_type, sha256=inp.ref.sha256, size=inp.ref.size,
-                           dokument_id=doc.id, status="received", submitted_by=inp.submitted_by))
+                           dokument_id=doc.id, status="received", submitted_by=inp.submitted_by,
+                           received_at=received_at))
             records.audit(s, actor=inp.submitted_by, role="mailroom", action="mail.register", target_type="mail_item",
                           target_id=inp.item_id)
             log.info("mail.registered", filename=inp.ref.filename, size=inp.ref.size)
@@ -103,6 +111,8 @@ class MailroomActivities:
             assert doc is not None
             if doc.akte_id is None:
                 doc.akte_id, doc.vorgang_id, doc.kind = case.akte_id, case.id, "Scan"
+                s.flush()
+                search.index_document(s, doc)  # now found under the case's Aktenzeichen and department
                 records.record_event(s, case_id=case.id, key=f"{p.item_id}:filed", step=case.step, status=case.status,
                                      message="Schreiben per Post eingegangen")
                 records.audit(s, actor=p.filed_by, role="mailroom", action="mail.file", target_type="document",
@@ -174,6 +184,7 @@ class OcrActivities:
                 item.blank_pages = {"pages": list(outcome.blank_pages), "empty": bool(outcome.empty)}
                 item.text_preview = (outcome.text or "")[:PREVIEW_CHARS]
                 doc.text = outcome.text or ""
+                search.index_document(s, doc)
                 if processed is not None and not any(v.role == "processed" for v in doc.versions):
                     records.add_version(s, doc, processed, created_by="ocr", role="processed",
                                         reason="OCR (ocrmypdf, PDF/A)")

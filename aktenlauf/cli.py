@@ -115,13 +115,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Bring up the whole stack on embedded defaults; Ctrl-C stops it cleanly."""
     from aktenlauf import devstack
     from eakte.db import migrate
-    from intake.catalog import load_catalog
+    from aktenlauf import wiring
     from workflows.search import ALL
 
     s = _settings()
     var = s.var_dir.resolve()
     (var / "log").mkdir(parents=True, exist_ok=True)
-    catalog = load_catalog(s.catalog_path)
+    catalog = wiring.catalog(s)
     migrate(s.database_url)
     print(f"• database migrated ({s.database_url}); catalog: {len(catalog.services)} services", flush=True)
     t_host, t_port = s.temporal_address.rsplit(":", 1)
@@ -217,13 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
         fn=cmd_search_attributes)
     t = sub.add_parser("token", help="mint a development bearer token")
     t.add_argument("--sub", required=True)
-    t.add_argument("--role", required=True, action="append", help="integrator, clerk, mailroom or admin (repeatable)")
+    t.add_argument("--role", required=True, action="append", help="integrator, clerk, mailroom, admin or archivist, or a named role for confidential Akten (repeatable)")
     t.add_argument("--department", action="append", default=[], help="department key (repeatable, for clerks)")
     t.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
     t.set_defaults(fn=cmd_token)
     c = sub.add_parser("case", help="look a case up by id or Aktenzeichen")
     c.add_argument("ref")
     c.set_defaults(fn=cmd_case)
+    from aktenlauf import eakte_cli
+
+    eakte_cli.register(sub)
     return p
 
 

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     task_queue: str = "aktenlauf-cases"
     ocr_task_queue: str = "aktenlauf-ocr"
     temporal_ui_url: str = "http://127.0.0.1:8233"
+    # Browser origins of the Temporal UI allowed to call the codec endpoint /v1/codec (comma-separated)
+    codec_cors_origins: str = "http://127.0.0.1:8233,http://localhost:8233"
 
     # S3 object storage (MinIO in production, SeaweedFS embedded)
     s3_endpoint: str = "127.0.0.1:8333"
@@ -64,6 +66,8 @@ class Settings(BaseSettings):
     jwt_audience: str = "aktenlauf-api"
     jwt_ttl_seconds: int = 8 * 3600
     max_upload_bytes: int = 50 * 1024 * 1024
+    # how long POST /v1/cases waits for the Aktenzeichen before answering 503 (repeat with the same key)
+    register_timeout_s: float = Field(default=30.0, gt=0, le=300)
 
     # Payment (sandbox provider served by the API under /sandbox-pay unless configured)
     payment_provider_url: str = ""
@@ -78,6 +82,16 @@ class Settings(BaseSettings):
 
     # Service catalog (data, not code)
     catalog_path: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "intake" / "catalog.yaml")
+    # Aktenplan (file plan): subject groups, retention periods, archival appraisal
+    aktenplan_path: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "eakte" / "aktenplan.yaml")
+
+    # Aussonderung: the Temporal Schedule that starts a disposal round daily
+    disposal_schedule_enabled: bool = True  # false: the schedule exists but is paused
+    disposal_schedule_id: str = Field(default="aktenlauf-disposal", pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
+    disposal_schedule_hour: int = Field(default=2, ge=0, le=23)
+    disposal_schedule_minute: int = Field(default=0, ge=0, le=59)
+    disposal_schedule_timezone: str = "Europe/Berlin"
+    disposal_confirm_days: int = Field(default=30, ge=1, le=365)  # a round waits this long for confirmations
 
     # OCR limits
     ocr_max_pages: int = 200

@@ -6,8 +6,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from aktenlauf.settings import Settings
+from eakte.aktenplan import load_aktenplan
 from eakte.blobstore import BlobStore
 from eakte.db import make_engine, make_session_factory
+from intake.catalog import Catalog, load_catalog
 
 
 def blob_store(settings: Settings) -> BlobStore:
@@ -17,3 +19,8 @@ def blob_store(settings: Settings) -> BlobStore:
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(make_engine(settings.database_url))
+
+
+def catalog(settings: Settings) -> Catalog:
+    """The service catalog, checked against the Aktenplan (both data files from the settings)."""
+    return load_catalog(settings.catalog_path, load_aktenplan(settings.aktenplan_path))

@@ -11,13 +11,15 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from aktenlauf.logging import register_secrets, secret_values
 from aktenlauf.settings import Settings
 from aktenlauf.temporal import connect
 from aktenlauf.wiring import blob_store, session_factory
 from api import problems
 from api.context import ApiContext
-from api.routers import admin, cases, documents, health, mailroom, payments, sandbox_payment, services, tasks
-from intake.catalog import load_catalog
+from api.routers import (admin, akten, audit, cases, codec, disposal, documents, exchange, health, mailroom, payments,
+                         sandbox_payment, search, services, tasks)
+from aktenlauf import wiring
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +32,7 @@ problem+json.
 
 
 def build_context(settings: Settings) -> ApiContext:
-    return ApiContext(settings=settings, catalog=load_catalog(settings.catalog_path),
+    return ApiContext(settings=settings, catalog=wiring.catalog(settings),
                       sessions=session_factory(settings), store=blob_store(settings))
 
 
@@ -47,7 +49,13 @@ async def _connect_temporal(ctx: ApiContext) -> None:
 
 
 def create_app(settings: Settings | None = None, ctx: ApiContext | None = None) -> FastAPI:
+    if settings is None and ctx is None:  # `uvicorn api.app:create_app --factory`: configure logging here
+        from aktenlauf.logging import configure_logging
+
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
     settings = settings or (ctx.settings if ctx else Settings())
+    register_secrets(secret_values(settings))  # never logged (aktenlauf/logging.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +91,8 @@ def create_app(settings: Settings | None = None, ctx: ApiContext | None = None) 
         log.info("request", status=resp.status_code)
         return resp
 
-    for r in (health, services, cases, tasks, documents, payments, sandbox_payment, mailroom, admin):
+    for r in (health, services, cases, tasks, documents, payments, sandbox_payment, mailroom, admin, akten, audit,
+              search, exchange, disposal):
         app.include_router(r.router)
+    codec.install(app, settings)  # Temporal UI codec server (admins, audited; CORS on /v1/codec only)
     return app

@@ -11,16 +11,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from aktenlauf.errors import Forbidden, Unauthorized
 from aktenlauf.settings import Settings
-from eakte.access import ROLES, Principal
+from eakte.access import NAMED_ROLE, ROLES, Principal
 
 bearer = HTTPBearer(auto_error=False, description="JWT minted by `aktenlauf token`")
 
 
 def mint_token(settings: Settings, sub: str, roles: list[str], departments: list[str] | None = None,
                ttl_seconds: int | None = None) -> str:
-    unknown = [r for r in roles if r not in ROLES]
+    unknown = [r for r in roles if r not in ROLES and not NAMED_ROLE.match(r)]
     if unknown:
-        raise ValueError(f"unknown role(s) {unknown}; known: {', '.join(ROLES)}")
+        raise ValueError(f"invalid role(s) {unknown}; system roles: {', '.join(ROLES)}; named roles (for "
+                         "confidential Akten) are lower-case words")
     now = int(time.time())
     claims = {
         "sub": sub, "roles": roles, "departments": departments or [], "iss": settings.jwt_issuer,
@@ -43,7 +44,8 @@ def decode_token(settings: Settings, token: str) -> Principal:
     departments = claims.get("departments", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not isinstance(departments, list):
         raise Unauthorized("invalid token: roles and departments must be lists")
-    return Principal(sub=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES),
+    # system roles plus named roles (Funktionsrollen) that confidential Akten may require
+    return Principal(sub=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES or NAMED_ROLE.match(r)),
                      departments=tuple(str(d) for d in departments))
 
 

@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aktenlauf.errors import AktenlaufError
@@ -26,6 +27,10 @@ def problem(status: int, title: str, detail: str, *, code: str, instance: str | 
 
 
 def install(app: FastAPI) -> None:
+    from api import problem_docs
+
+    problem_docs.install(app)  # declare these problem+json answers in /openapi.json
+
     @app.exception_handler(AktenlaufError)
     async def _domain(request: Request, exc: AktenlaufError) -> JSONResponse:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
@@ -47,6 +52,23 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail), code=f"http-{exc.status_code}",
                        instance=request.url.path, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # connection refused or lost, pool exhausted, SQLite locked: nothing was changed (the
+        # transaction rolled back), so the client may simply repeat the request
+        log.warning("request.database_unavailable", error=type(exc).__name__)
+        return problem(503, "A backing service is unavailable", "the database is unavailable; retry shortly",
+                       code="database-unavailable", instance=request.url.path, headers={"Retry-After": "5"})
+
+    @app.exception_handler(sa_exc.DataError)
+    async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+        # a value the database refuses (a NUL character in text on PostgreSQL, an out-of-range
+        # number): the client's input, not our fault; nothing was stored
+        return problem(422, "Invalid input", "a value in the request cannot be stored (e.g. a NUL character "
+                       "or a number out of range)", code="invalid-input", instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -61,6 +61,35 @@ class DocumentOut(BaseModel):
     download_url: str
 
 
+class VersionOut(BaseModel):
+    number: int
+    sha256: str
+    size: int
+    role: str
+    created_by: str
+    created_at: dt.datetime
+    reason: str | None
+    download_url: str
+
+
+class DocumentDetail(BaseModel):
+    id: str
+    kind: str
+    title: str
+    filename: str
+    content_type: str
+    channel: str
+    sender: str | None
+    received_at: dt.datetime | None
+    created_by: str
+    created_at: dt.datetime
+    case_id: str | None
+    aktenzeichen: str | None
+    public: bool
+    verification_code: str | None
+    versions: list[VersionOut]
+
+
 class CaseOut(BaseModel):
     case_id: str
     aktenzeichen: str

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import RPCTimeoutOrCancelledError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from aktenlauf.errors import AktenlaufError, Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from workflows import contracts as c
+
+#: every error a Temporal client call can raise that ``translate`` turns into a domain error
+TEMPORAL_ERRORS = (WorkflowUpdateFailedError, RPCError, RPCTimeoutOrCancelledError)
 
 _BY_TYPE: dict[str, type[AktenlaufError]] = {
     c.ERR_IDEMPOTENCY: Conflict,
@@ -15,6 +19,14 @@ _BY_TYPE: dict[str, type[AktenlaufError]] = {
     c.ERR_FORBIDDEN: Forbidden,
     c.ERR_INVALID: InvalidInput,
 }
+
+
+def is_contention(exc: RPCError) -> bool:
+    """Temporal turned the call away because of other calls on the same workflow at the same
+    moment (racing starts aborted, the cap on updates in flight reached): worth a retry."""
+    if exc.status in (RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED):
+        return True
+    return exc.status == RPCStatusCode.UNAVAILABLE and "aborted" in (exc.message or "").lower()
 
 
 def translate(exc: BaseException, *, known_case: bool = False) -> AktenlaufError:
@@ -27,6 +39,9 @@ def translate(exc: BaseException, *, known_case: bool = False) -> AktenlaufError
         if isinstance(cause, ApplicationError):
             return _BY_TYPE.get(cause.type or "", Conflict)(cause.message)
         return Conflict(str(exc.cause or exc))
+    if isinstance(exc, (WorkflowUpdateRPCTimeoutOrCancelledError, RPCTimeoutOrCancelledError)):
+        return Unavailable("the case did not answer in time (it may be waiting for a backing service); "
+                           "retry shortly")
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.NOT_FOUND:
             if known_case:
@@ -34,6 +49,8 @@ def translate(exc: BaseException, *, known_case: bool = False) -> AktenlaufError
             return NotFound("the case's workflow was not found")
         if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
             return Unavailable(f"Temporal is unavailable: {exc.message}")
+        if exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+            return Unavailable(f"too many requests for this case at once; retry shortly ({exc.message})")
         if exc.status == RPCStatusCode.FAILED_PRECONDITION:
             return Conflict(f"the case no longer accepts this: {exc.message}")
         return Unavailable(f"Temporal error: {exc.message}")

@@ -7,14 +7,13 @@ import re
 import unicodedata
 
 from fastapi import UploadFile
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from aktenlauf.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from api.context import ApiContext
 from eakte.blobstore import BlobRef
-from eakte.models import Version
+from eakte.verify import is_referenced
 from intake.sniff import detect_kind
 from workflows.contracts import DocumentRef
 
@@ -59,8 +58,8 @@ async def store_upload(ctx: ApiContext, upload: UploadFile) -> DocumentRef:
 async def discard_if_unreferenced(ctx: ApiContext, ref: DocumentRef) -> None:
     """Remove a stored object nobody records (the upload was refused): nothing half-stored."""
 
-    def referenced(s: Session) -> bool:
-        return s.scalar(select(Version.id).where(Version.sha256 == ref.sha256).limit(1)) is not None
+    def referenced(s: Session) -> bool:  # the same rule the orphan sweep uses
+        return is_referenced(s, ref.bucket, ref.key)
 
     if not await ctx.db(referenced):
         await run_in_threadpool(ctx.store.remove, ref.key)

@@ -6,6 +6,7 @@ every read re-hashes what comes back and refuses a mismatch (IntegrityViolation)
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import tempfile
@@ -25,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 CHUNK = 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
+# A deduplicated upload rewrites an object older than this (keep it well below the sweep's grace period).
+REFRESH_AFTER_S = 600
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,21 @@ class BlobStore:
             if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return False
             raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(f"object store unreachable: {exc}") from exc
+
+    def _fresh(self, key: str) -> bool:
+        """The object exists and was written less than REFRESH_AFTER_S ago."""
+        try:
+            st = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise
+        if st.last_modified is None:
+            return False
+        age = dt.datetime.now(dt.UTC) - st.last_modified.astimezone(dt.UTC)
+        return age.total_seconds() < REFRESH_AFTER_S
 
     def put_bytes(self, data: bytes, content_type: str = "application/octet-stream") -> BlobRef:
         sha = hashlib.sha256(data).hexdigest()
@@ -108,8 +126,10 @@ class BlobStore:
         key = object_key(sha)
         ref = BlobRef(self.bucket, key, sha, size)
         try:
-            if self.exists(key):
+            if self._fresh(key):
                 return ref  # content-addressed: identical bytes are stored once
+            # new, or stored long ago and maybe orphaned: (re)write it so its age starts now and the
+            # orphan sweep's grace period (eakte/sweep.py) spares it until this upload's row exists
             self.client.put_object(
                 self.bucket, key, stream, size, content_type=content_type,
                 part_size=PART_SIZE, metadata={"x-amz-meta-sha256": sha},

@@ -13,7 +13,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, TypeDecorator, BigInteger, Boolean, Date, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Dialect, TypeDecorator, BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -67,8 +67,18 @@ class Akte(Base):
     department: Mapped[str | None] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
     confidential: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Vertraulichkeit: when confidential, only principals holding one of these roles (besides the
+    # department's membership) see the Akte; admins still see metadata.
+    confidential_roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     retention_years: Mapped[int] = mapped_column(Integer, default=10)
     retention_until: Mapped[dt.date | None] = mapped_column(Date)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    legal_hold_reason: Mapped[str | None] = mapped_column(Text)
+    # Aussonderung: None while kept; offered → archived | destroyed
+    disposal_status: Mapped[str | None] = mapped_column(String(16), index=True)
+    disposal_round: Mapped[str | None] = mapped_column(String(100))  # workflow id of the round holding the offer
+    disposed_at: Mapped[dt.datetime | None]
+    imported_from: Mapped[str | None] = mapped_column(String(200))  # source system of an xdomea import
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[dt.datetime | None]
     vorgaenge: Mapped[list[Vorgang]] = relationship(back_populates="akte")
@@ -104,6 +114,8 @@ class Vorgang(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[dt.datetime | None]
     akte: Mapped[Akte] = relationship(back_populates="vorgaenge")
+    # the clerk's inbox: open decisions of a department by due date (migration 0004)
+    __table_args__ = (Index("ix_vorgang_inbox", "department", "status", "due_on", "created_at"),)
 
 
 class Dokument(Base):
@@ -126,6 +138,7 @@ class Dokument(Base):
     public: Mapped[bool] = mapped_column(Boolean, default=False)  # visible to the applicant's portal
     verification_code: Mapped[str | None] = mapped_column(String(20), unique=True)
     text: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[dt.datetime | None]  # when it reached the authority (letters, uploads)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     versions: Mapped[list[Version]] = relationship(back_populates="dokument", order_by="Version.number")
@@ -143,9 +156,34 @@ class Version(Base):
     role: Mapped[str] = mapped_column(String(16), default="original")  # original | processed
     created_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # later versions only
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     dokument: Mapped[Dokument] = relationship(back_populates="versions")
     __table_args__ = (UniqueConstraint("dokument_id", "number"),)
+
+
+class DokumentSearch(Base):
+    """A document's full-text index entry (eakte/search.py, migration 0003). On PostgreSQL the
+    table also has a ``tsv`` tsvector column (GIN index) that is written by SQL only; on SQLite
+    the terms live in the FTS5 table ``dokument_fts`` whose rowid is ``id``."""
+
+    __tablename__ = "dokument_search"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dokument_id: Mapped[str] = mapped_column(ForeignKey("dokument.id", ondelete="CASCADE"), unique=True)
+    doc_date: Mapped[dt.datetime] = mapped_column(index=True)  # received_at, else created_at
+    # Copies of what access checks and filters need, so a search never joins the wide document,
+    # case and Akte rows for every candidate (kept current by eakte/search.py).
+    vorgang_id: Mapped[str | None] = mapped_column(String(64))
+    department: Mapped[str | None] = mapped_column(String(64))
+    service_key: Mapped[str | None] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16), default="")
+    integrator: Mapped[str | None] = mapped_column(String(200))
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    confidential: Mapped[bool] = mapped_column(Boolean, default=False)
+    confidential_roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    akte_closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_letter: Mapped[bool] = mapped_column(Boolean, default=False)  # in the mailroom, not yet filed
 
 
 class TimelineEvent(Base):
@@ -197,10 +235,15 @@ class MailItem(Base):
 
 
 class AuditEvent(Base):
-    """Who did what to which record, and why. Reads are recorded too."""
+    """Who did what to which record, and why. Reads are recorded too.
+
+    Events form a hash chain: ``hash`` = SHA-256 over the event's canonical fields and
+    ``prev_hash`` (the previous event's hash, by ``seq``). See eakte/audit.py.
+    """
 
     __tablename__ = "audit_event"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(200), index=True)
     role: Mapped[str] = mapped_column(String(32))
@@ -208,7 +251,43 @@ class AuditEvent(Base):
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(64), index=True)
     case_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    subject_id: Mapped[str | None] = mapped_column(String(200), index=True)  # the applicant concerned (Auskunft)
     reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The head of the audit hash chain: one row, locked by every append (serialises the chain)."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class DisposalRecord(Base):
+    """What was left of an Akte after Aussonderung: what, when, by whom, on which rule."""
+
+    __tablename__ = "disposal_record"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    akte_id: Mapped[str] = mapped_column(String(32), index=True)
+    aktenzeichen: Mapped[str] = mapped_column(String(40), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # archived | destroyed
+    rule: Mapped[str] = mapped_column(Text)  # e.g. "Aktenplan 32.10, 5 years after closing (2031-03-01)"
+    file_plan: Mapped[str] = mapped_column(String(16))
+    retention_until: Mapped[dt.date | None] = mapped_column(Date)
+    confirmed_by: Mapped[str] = mapped_column(String(200))
+    confirmed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    executed_at: Mapped[dt.datetime | None]
+    documents: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_removed: Mapped[int] = mapped_column(BigInteger, default=0)
+    archive_key: Mapped[str | None] = mapped_column(String(200))  # the xdomea package handed to the archive
+    archive_sha256: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)  # the confirming archivist's note
+    # what was removed, for auditors: one entry per version (kind, created_at, sha256, size, object removed?)
+    inventory: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class WebhookDelivery(Base):

@@ -15,6 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aktenlauf.errors import NotFound
+from eakte import audit as audit_log
+from eakte import search
 from eakte.blobstore import BlobRef
 from eakte.models import (
     Akte,
@@ -114,6 +116,7 @@ def file_document(
     text: str | None = None,
     role: str = "original",
     sender: str | None = None,
+    received_at: dt.datetime | None = None,
 ) -> Dokument:
     existing = session.scalar(select(Dokument).where(Dokument.idempotency_key == key))
     if existing is not None:
@@ -123,11 +126,12 @@ def file_document(
     doc = Dokument(
         idempotency_key=key, akte_id=akte_id, vorgang_id=vorgang_id, kind=kind, title=title[:300],
         filename=filename[:300], content_type=content_type, created_by=created_by, channel=channel,
-        public=public, verification_code=verification_code, text=text, sender=sender,
+        public=public, verification_code=verification_code, text=text, sender=sender, received_at=received_at,
     )
     session.add(doc)
     session.flush()
     add_version(session, doc, ref, created_by=created_by, role=role, reason="filed")
+    search.index_document(session, doc)  # same transaction: filed and findable together
     return doc
 
 
@@ -138,6 +142,25 @@ def add_version(session: Session, doc: Dokument, ref: BlobRef, *, created_by: st
         object_key=ref.key, role=role, created_by=created_by, reason=reason,
     )
     session.add(version)
+    session.flush()
+    return version
+
+
+def new_version(
+    session: Session, *, key: str, dokument_id: str, vorgang_id: str, ref: BlobRef, created_by: str, reason: str,
+) -> Version:
+    """A change to a filed document: a new Version (who, when, why); the old ones stay.
+
+    Idempotent under ``key``: a retried activity finds the version it already added.
+    """
+    doc = session.get(Dokument, dokument_id)
+    if doc is None or doc.vorgang_id != vorgang_id:
+        raise NotFound(f"document {dokument_id} is not part of this case")
+    done = session.scalar(select(Version).where(Version.idempotency_key == key))
+    if done is not None:
+        return done
+    version = add_version(session, doc, ref, created_by=created_by, role="original", reason=reason.strip())
+    version.idempotency_key = key
     session.flush()
     return version
 
@@ -171,6 +194,9 @@ def record_event(
         vorgang.akte.department = vorgang.department
     if "service_name" in fields:
         vorgang.akte.title = str(fields["service_name"])
+    if "department" in fields or "service_name" in fields or "service_key" in fields:
+        session.flush()
+        search.reindex_case(session, case_id)  # the index carries department and service
     session.add(TimelineEvent(key=key, vorgang_id=case_id, step=step, status=status, message=message, public=public))
     session.flush()
     return True
@@ -199,12 +225,22 @@ def close_case(session: Session, *, case_id: str, closed_at: dt.datetime) -> Akt
     if vorgang.closed_at is None:
         vorgang.closed_at = closed_at
     session.flush()
+    search.refresh_akte(session, akte)  # archivists find closed Akten
     return akte
 
 
 def audit(
     session: Session, *, actor: str, role: str, action: str, target_type: str, target_id: str,
-    case_id: str | None = None, reason: str | None = None,
-) -> None:
-    session.add(AuditEvent(actor=actor, role=role, action=action, target_type=target_type, target_id=target_id,
-                           case_id=case_id, reason=reason))
+    case_id: str | None = None, reason: str | None = None, subject_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an event to the hash-chained audit trail (eakte/audit.py).
+
+    The subject (the applicant the record is about) is taken from the case when not given,
+    so a data-protection request (Auskunft) finds every event that concerns a person.
+    """
+    if subject_id is None and case_id is not None:
+        subject_id = session.scalar(select(Vorgang.applicant_id).where(Vorgang.id == case_id))
+    return audit_log.append(session, actor=actor, role=role, action=action, target_type=target_type,
+                            target_id=target_id, case_id=case_id, subject_id=subject_id, reason=reason,
+                            details=details)

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eakte.aktenplan import Aktenplan
 from intake.service import ServiceEntry
 
 
@@ -27,6 +28,7 @@ class Catalog:
     authority_address: tuple[str, ...]
     departments: dict[str, Department]
     services: dict[str, ServiceEntry]
+    aktenplan: Aktenplan | None = None
 
     def service(self, key: str) -> ServiceEntry | None:
         return self.services.get(key)
@@ -45,7 +47,7 @@ class _ServiceModel(BaseModel):
     processing_days: int = Field(gt=0)
     payment_days: int = Field(gt=0)
     keywords: list[str] = []
-    retention_years: int = Field(gt=0)
+    retention_years: int | None = Field(default=None, gt=0)  # None: the Aktenplan's default for file_plan
 
     @field_validator("keywords")
     @classmethod
@@ -71,21 +73,41 @@ class _CatalogModel(BaseModel):
         return self
 
 
+DEFAULT_RETENTION_YEARS = 10
+
+
 class CatalogError(ValueError):
     pass
 
 
-def load_catalog(path: Path) -> Catalog:
+def _retention_years(s: _ServiceModel, aktenplan: Aktenplan | None) -> int:
+    """The service's own retention period wins; otherwise the file plan's default (10 years without a plan)."""
+    if s.retention_years is not None:
+        return s.retention_years
+    entry = aktenplan.entry(s.file_plan) if aktenplan is not None else None
+    return entry.retention_years if entry is not None else DEFAULT_RETENTION_YEARS
+
+
+def load_catalog(path: Path, aktenplan: Aktenplan | None = None) -> Catalog:
+    """Load and validate the catalog; with an Aktenplan, every service's file-plan number must be in it."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         model = _CatalogModel.model_validate(raw)
     except (OSError, yaml.YAMLError, ValueError) as exc:
         raise CatalogError(f"service catalog {path} is invalid: {exc}") from exc
+    if aktenplan is not None:
+        for s in model.services:
+            entry = aktenplan.entry(s.file_plan)
+            if entry is None or entry.retired:
+                raise CatalogError(f"service catalog {path} is invalid: service {s.key} ({s.name}) is filed under "
+                                   f"{s.file_plan}, which is {'retired in' if entry else 'not in'} the Aktenplan")
     authority = model.authority
     return Catalog(
         authority_name=str(authority.get("name", "")),
         authority_address=tuple(str(x) for x in authority.get("address_lines", []) or []),  # type: ignore[union-attr]
         departments={k: Department(key=k, name=v.get("name", k)) for k, v in model.departments.items()},
-        services={s.key: ServiceEntry(**s.model_dump(), department_name=model.departments[s.department].get("name", s.department))
+        services={s.key: ServiceEntry(**{**s.model_dump(), "retention_years": _retention_years(s, aktenplan)},
+                                      department_name=model.departments[s.department].get("name", s.department))
                   for s in model.services},
+        aktenplan=aktenplan,
     )

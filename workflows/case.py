@@ -177,7 +177,7 @@ class CaseWorkflow:
     async def add_document(self, a: c.AddDocument) -> str:
         doc_id: str = await self._act(c.ACT_FILE_DOCUMENT, c.FileDocumentParams(
             case_id=self.inp.case_id, key=f"{self.inp.case_id}:upload:{a.upload_id}", ref=a.ref, kind=a.kind,
-            title=a.title or a.ref.filename, created_by=a.actor.sub), str)
+            title=a.title or a.ref.filename, created_by=a.actor.sub, supersedes=a.supersedes, reason=a.reason), str)
         if doc_id not in self.documents:
             self.documents.append(doc_id)
         return doc_id
@@ -190,6 +190,8 @@ class CaseWorkflow:
         if self.aktenzeichen is None:
             raise ApplicationError("the case is still being registered; retry shortly", type=c.ERR_STATE,
                                    non_retryable=True)
+        if a.supersedes and not a.reason.strip():
+            raise ApplicationError("a new version needs a reason", type=c.ERR_INVALID, non_retryable=True)
 
     # -- signals and query ---------------------------------------------------------------
     @workflow.signal(name="payment_event")

@@ -128,6 +128,8 @@ class AddDocument:
     kind: str = "Nachweis"
     title: str = ""
     upload_id: str = ""
+    supersedes: str = ""  # document id: the upload is a new Version of that document
+    reason: str = ""  # why (required for a new version)
 
 
 @dataclass
@@ -217,6 +219,8 @@ class FileDocumentParams:
     title: str
     created_by: str
     channel: str = "api"
+    supersedes: str = ""
+    reason: str = ""
 
 
 @dataclass
@@ -261,6 +265,7 @@ class MailInput:
     channel: str
     submitted_by: str
     ocr_task_queue: str = "aktenlauf-ocr"
+    received_at: str = ""  # ISO 8601, when the letter reached the mailroom (set at intake)
 
 
 @dataclass

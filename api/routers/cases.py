@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import uuid
+import weakref
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
-from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (WithStartWorkflowOperation, WorkflowUpdateFailedError,
+                               WorkflowUpdateRPCTimeoutOrCancelledError)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
@@ -32,9 +37,10 @@ from api.schemas import (
     RouteIn,
     TimelineOut,
 )
-from api.temporal_errors import translate
+from api.temporal_errors import TEMPORAL_ERRORS, is_contention, translate
 from api.uploads import discard_if_unreferenced, store_upload
-from eakte.access import Principal, can_add_document, can_decide, can_read_case
+from eakte import records
+from eakte.access import Principal, can_add_document_vorgang, can_decide_vorgang, can_read_vorgang
 from eakte.models import Dokument, TimelineEvent, Version, Vorgang
 from workflows import contracts as c
 from workflows import search
@@ -43,7 +49,7 @@ from workflows.case import CaseWorkflow
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 log = structlog.get_logger(__name__)
 CASE_NS = uuid.UUID("6f1c1d1e-8f7a-4d55-9d43-5a3b2f0e7a10")
-REGISTER_TIMEOUT_S = 30
+REGISTER_ATTEMPTS = 6  # retries of a start that lost a race with the same submission (about 3 s in all)
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200, pattern=r"^[\x21-\x7e]+$")]
 
 
@@ -74,27 +80,77 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
     sa = [SearchAttributePair(search.STATUS, c.RECEIVED), SearchAttributePair(search.STEP, "intake")]
     if service is not None:
         sa += [SearchAttributePair(search.SERVICE, service.key)]
-    op = WithStartWorkflowOperation(
-        CaseWorkflow.run, inp, id=case_id, task_queue=ctx.settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, search_attributes=TypedSearchAttributes(sa),
-    )
-    try:
-        reg: c.Registered = await asyncio.wait_for(
-            ctx.client().execute_update_with_start_workflow(
-                CaseWorkflow.register, c.Registration(fingerprint=fingerprint), start_workflow_operation=op),
-            timeout=REGISTER_TIMEOUT_S,
+
+    async def register() -> CaseCreated:
+        # The same submission sent many times at once: in this process the repeats wait for the
+        # first registration and are then answered from the read model (no Temporal call). Across
+        # API replicas Temporal aborts racing starts and caps the updates in flight per workflow;
+        # those losers retry shortly instead of failing.
+        for attempt in range(REGISTER_ATTEMPTS):
+            if idempotency_key:
+                async with _single_flight(case_id):  # one registration per key at a time in this process
+                    if (known := await _registered(ctx, case_id, fingerprint)) is not None:
+                        return known
+                    created = await _start_and_register(attempt)
+                    if created is not None:
+                        return created
+            elif (created := await _start_and_register(attempt)) is not None:
+                return created
+            await asyncio.sleep(random.uniform(0.05, 0.1) * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    async def _start_and_register(attempt: int) -> CaseCreated | None:
+        """None: Temporal turned the call away for contention on this workflow; retry."""
+        op = WithStartWorkflowOperation(  # an operation is used once; each attempt needs its own
+            CaseWorkflow.run, inp, id=case_id, task_queue=ctx.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE, search_attributes=TypedSearchAttributes(sa),
         )
-    except TimeoutError as exc:
+        try:
+            reg: c.Registered = await ctx.client().execute_update_with_start_workflow(
+                CaseWorkflow.register, c.Registration(fingerprint=fingerprint), start_workflow_operation=op)
+            return CaseCreated(case_id=reg.case_id, aktenzeichen=reg.aktenzeichen, status=reg.status)
+        except RPCError as exc:
+            if not is_contention(exc) or attempt == REGISTER_ATTEMPTS - 1:
+                raise
+            log.info("case.register_retry", attempt=attempt, reason=exc.status.name, detail=exc.message)
+            return None
+
+    try:
+        created = await asyncio.wait_for(register(), timeout=ctx.settings.register_timeout_s)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        # (the SDK answers the cancellation by wait_for with its own error instead of CancelledError)
         raise Unavailable("the case was accepted but is not registered yet; repeat the request with the same "
                           "Idempotency-Key to get its Aktenzeichen") from exc
     except WorkflowAlreadyStartedError:
         return await _replay_closed(ctx, case_id, fingerprint)
-    except (WorkflowUpdateFailedError, RPCError) as exc:
+    except TEMPORAL_ERRORS as exc:
         raise translate(exc) from exc
-    structlog.contextvars.bind_contextvars(aktenzeichen=reg.aktenzeichen)
+    structlog.contextvars.bind_contextvars(aktenzeichen=created.aktenzeichen)
     log.info("case.created")
-    return CaseCreated(case_id=reg.case_id, aktenzeichen=reg.aktenzeichen, status=reg.status)
+    return created
+
+
+_IN_FLIGHT: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _single_flight(case_id: str) -> asyncio.Lock:
+    """The lock of one Idempotency-Key's registration in this process (dropped when unused)."""
+    lock = _IN_FLIGHT.get(case_id)
+    if lock is None:
+        lock = _IN_FLIGHT[case_id] = asyncio.Lock()
+    return lock
+
+
+async def _registered(ctx: Ctx, case_id: str, fingerprint: str) -> CaseCreated | None:
+    """The case an Idempotency-Key already made, from the read model; None while it is not
+    registered yet. A different body under the same key is refused (409)."""
+    v = await ctx.db(lambda s: s.get(Vorgang, case_id))
+    if v is None:
+        return None
+    if v.fingerprint != fingerprint:
+        raise Conflict("Idempotency-Key was already used with a different request body")
+    return CaseCreated(case_id=v.id, aktenzeichen=v.aktenzeichen, status=v.status)
 
 
 async def _replay_closed(ctx: Ctx, case_id: str, fingerprint: str) -> CaseCreated:
@@ -109,8 +165,8 @@ async def _replay_closed(ctx: Ctx, case_id: str, fingerprint: str) -> CaseCreate
 
 async def visible_case(ctx: Ctx, p: Principal, case_id: str) -> Vorgang:
     """The case if the caller may see it; 404 otherwise (existence is not revealed)."""
-    v = await ctx.db(lambda s: s.get(Vorgang, case_id))
-    if v is None or not can_read_case(p, department=v.department, integrator=v.integrator):
+    v = await ctx.db(lambda s: s.get(Vorgang, case_id, options=[selectinload(Vorgang.akte)]))
+    if v is None or not can_read_vorgang(p, v):
         raise NotFound(f"case {case_id} not found")
     structlog.contextvars.bind_contextvars(case_id=v.id, workflow_id=v.id, aktenzeichen=v.aktenzeichen)
     return v
@@ -124,10 +180,13 @@ def document_out(d: Dokument, v: Version) -> DocumentOut:
 
 @router.get("/{case_id}", response_model=CaseOut)
 async def get_case(case_id: str, ctx: Ctx, p: CurrentPrincipal) -> CaseOut:
-    v = await visible_case(ctx, p, case_id)
     internal = p.has("clerk") or p.has("admin")
 
-    def load(s: Session) -> tuple[list[TimelineEvent], list[tuple[Dokument, Version]]]:
+    def load(s: Session) -> tuple[Vorgang, list[TimelineEvent], list[tuple[Dokument, Version]]]:
+        # one transaction for the access check, the read and its audit event
+        v = s.get(Vorgang, case_id, options=[selectinload(Vorgang.akte)])
+        if v is None or not can_read_vorgang(p, v):
+            raise NotFound(f"case {case_id} not found")
         q = select(TimelineEvent).where(TimelineEvent.vorgang_id == case_id).order_by(TimelineEvent.id)
         if not internal:
             q = q.where(TimelineEvent.public.is_(True))
@@ -140,9 +199,13 @@ async def get_case(case_id: str, ctx: Ctx, p: CurrentPrincipal) -> CaseOut:
                 continue
             latest = max(d.versions, key=lambda x: x.number)
             docs.append((d, latest))
-        return events, docs
+        # a view of personal data is an audited read (same transaction, subject known: no extra query)
+        records.audit(s, actor=p.sub, role=p.primary_role, action="case.read", target_type="case",
+                      target_id=case_id, case_id=case_id, subject_id=v.applicant_id)
+        return v, events, docs
 
-    events, docs = await ctx.db(load)
+    v, events, docs = await ctx.db(load)
+    structlog.contextvars.bind_contextvars(case_id=v.id, workflow_id=v.id, aktenzeichen=v.aktenzeichen)
     return CaseOut(
         case_id=v.id, aktenzeichen=v.aktenzeichen, service_key=v.service_key, service_name=v.service_name,
         department=v.department, status=v.status, current_step=v.step, due_on=v.due_on, fee_cents=v.fee_cents,
@@ -162,7 +225,7 @@ async def upload_document(
     title: Annotated[str, Form(max_length=200)] = "",
 ) -> DocumentCreated:
     v = await visible_case(ctx, p, case_id)
-    if not can_add_document(p, department=v.department, integrator=v.integrator):
+    if not can_add_document_vorgang(p, v):
         raise Forbidden("you may not add documents to this case")
     if v.status in c.FINAL_STATUSES:
         raise Conflict(f"the case is closed ({v.status}); no documents can be added")
@@ -172,7 +235,7 @@ async def upload_document(
             CaseWorkflow.add_document,
             c.AddDocument(actor=_actor(p), ref=ref, kind=kind, title=title, upload_id=uuid.uuid4().hex),
         )
-    except (WorkflowUpdateFailedError, RPCError) as exc:
+    except TEMPORAL_ERRORS as exc:
         await discard_if_unreferenced(ctx, ref)
         raise translate(exc, known_case=True) from exc
     return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)
@@ -188,7 +251,7 @@ async def route_case(case_id: str, body: RouteIn, ctx: Ctx, p: CurrentPrincipal)
     try:
         status: str = await ctx.client().get_workflow_handle(case_id).execute_update(
             CaseWorkflow.route, c.RouteCase(actor=_actor(p), service=service))
-    except (WorkflowUpdateFailedError, RPCError) as exc:
+    except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
     return CaseRouted(case_id=case_id, service_key=service.key, department=service.department, status=status)
 
@@ -196,13 +259,42 @@ async def route_case(case_id: str, body: RouteIn, ctx: Ctx, p: CurrentPrincipal)
 @router.post("/{case_id}/decision", response_model=DecisionOut, dependencies=[require_role("clerk")])
 async def decide(case_id: str, body: DecisionIn, ctx: Ctx, p: CurrentPrincipal, response: Response) -> DecisionOut:
     v = await visible_case(ctx, p, case_id)
-    if not can_decide(p, department=v.department):
+    if not can_decide_vorgang(p, v):
         raise NotFound(f"case {case_id} not found")
     if body.decision == "reject" and not (body.reason or "").strip():
         raise InvalidInput("a rejection needs a reason")
     try:
         out: c.DecisionOutcome = await ctx.client().get_workflow_handle(case_id).execute_update(
             CaseWorkflow.decide, c.Decision(actor=_actor(p), approve=body.decision == "approve", reason=body.reason))
-    except (WorkflowUpdateFailedError, RPCError) as exc:
+    except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
     return DecisionOut(decision=out.decision, status=out.status, payment_url=out.payment_url)
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)] = "Aktenvermerk"
+    text: Annotated[str, StringConstraints(min_length=1, max_length=20_000, strip_whitespace=True)]
+
+
+@router.post("/{case_id}/notes", status_code=201, response_model=DocumentCreated, dependencies=[require_role("clerk")])
+async def add_note(case_id: str, body: NoteIn, ctx: Ctx, p: CurrentPrincipal) -> DocumentCreated:
+    """An internal note (Aktenvermerk) on the case: a document of kind Vermerk, never shown to
+    the applicant or the integrator."""
+    v = await visible_case(ctx, p, case_id)
+    if not can_decide_vorgang(p, v):
+        raise NotFound(f"case {case_id} not found")
+    if v.status in c.FINAL_STATUSES:
+        raise Conflict(f"the case is closed ({v.status}); no notes can be added")
+    stamp = f"Aktenvermerk zu {v.aktenzeichen}\n{body.title}\nverfasst von {p.sub}\n\n{body.text}\n"
+    blob = await run_in_threadpool(ctx.store.put_bytes, stamp.encode("utf-8"), "text/plain; charset=utf-8")
+    ref = c.DocumentRef(bucket=blob.bucket, key=blob.key, sha256=blob.sha256, size=blob.size,
+                        filename="aktenvermerk.txt", content_type="text/plain; charset=utf-8")
+    try:
+        doc_id: str = await ctx.client().get_workflow_handle(case_id).execute_update(
+            CaseWorkflow.add_document,
+            c.AddDocument(actor=_actor(p), ref=ref, kind="Vermerk", title=body.title, upload_id=uuid.uuid4().hex))
+    except TEMPORAL_ERRORS as exc:
+        await discard_if_unreferenced(ctx, ref)
+        raise translate(exc, known_case=True) from exc
+    return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)

@@ -19,7 +19,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+_READINESS = {"type": "object", "required": ["status", "checks"], "properties": {
+    "status": {"type": "string", "enum": ["ready", "not ready"]},
+    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}}
+
+
+@router.get("/readyz", responses={
+    200: {"description": "every backing service answers", "content": {"application/json": {"schema": _READINESS}}},
+    503: {"description": "not ready; `checks` names what is unavailable",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+          "content": {"application/json": {"schema": _READINESS}}}})
 async def readyz(ctx: Ctx) -> JSONResponse:
     checks: dict[str, str] = {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import uuid
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from aktenlauf.errors import InvalidInput, NotFound
 from api.auth import CurrentPrincipal, require_role
 from api.context import ApiContext, Ctx
 from api.schemas import AssignIn, MailAccepted, MailItemOut
-from api.temporal_errors import translate
+from api.temporal_errors import TEMPORAL_ERRORS, translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte.models import MailItem, utcnow
 from workflows import contracts as c
@@ -43,6 +45,7 @@ async def upload_scans(ctx: Ctx, p: CurrentPrincipal,
     if len(files) > MAX_BATCH:
         raise InvalidInput(f"at most {MAX_BATCH} files per request")
     refs = []
+    received_at = dt.datetime.now(dt.UTC).isoformat()
     try:
         for f in files:  # check and store all first: a bad file refuses the whole batch
             refs.append(await store_upload(ctx, f))
@@ -57,7 +60,7 @@ async def upload_scans(ctx: Ctx, p: CurrentPrincipal,
             handle = await ctx.client().start_workflow(
                 MailItemWorkflow.run,
                 c.MailInput(item_id=item_id, ref=ref, channel="api", submitted_by=p.sub,
-                            ocr_task_queue=ctx.settings.ocr_task_queue),
+                            ocr_task_queue=ctx.settings.ocr_task_queue, received_at=received_at),
                 id=item_id, task_queue=ctx.settings.task_queue)
         except RPCError as exc:
             await discard_if_unreferenced(ctx, ref)
@@ -71,7 +74,7 @@ async def upload_scans(ctx: Ctx, p: CurrentPrincipal,
 @router.get("/items", response_model=list[MailItemOut])
 async def list_items(ctx: Ctx, status: Annotated[str | None, Query(pattern="^(received|processing|filed|triage|failed)$")] = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> list[MailItemOut]:
+                     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> list[MailItemOut]:  # 64-bit OFFSET
     def load(s: Session) -> list[MailItem]:
         q = select(MailItem)
         if status:
@@ -102,6 +105,6 @@ async def assign_item(item_id: str, body: AssignIn, ctx: Ctx, p: CurrentPrincipa
             MailItemWorkflow.assign,
             c.AssignLetter(actor=c.Actor(sub=p.sub, roles=list(p.roles), departments=list(p.departments)),
                            aktenzeichen=body.aktenzeichen))
-    except (WorkflowUpdateFailedError, RPCError) as exc:
+    except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
     return item_out(await _item(ctx, item_id))

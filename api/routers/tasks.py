@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from api.auth import CurrentPrincipal, require_role
 from api.context import Ctx
 from api.schemas import TaskOut
-from eakte.models import Vorgang
+from eakte.access import visible_cases
+from eakte.models import Akte, Vorgang
 from workflows import contracts as c
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -24,12 +25,13 @@ async def list_tasks(
     department: Annotated[str | None, Query(max_length=64)] = None,
     sort: Literal["due_on", "created_at"] = "due_on",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # past 64 bits the database overflowed → 500
 ) -> list[TaskOut]:
     departments = [d for d in p.departments if department is None or d == department]
 
     def load(s: Session) -> list[Vorgang]:
-        q = select(Vorgang).where(Vorgang.status == c.AWAITING_DECISION, Vorgang.department.in_(departments))
+        q = (select(Vorgang).join(Akte, Akte.id == Vorgang.akte_id)
+             .where(Vorgang.status == c.AWAITING_DECISION, Vorgang.department.in_(departments), visible_cases(p)))
         if service_key:
             q = q.where(Vorgang.service_key == service_key)
         order = Vorgang.due_on if sort == "due_on" else Vorgang.created_at

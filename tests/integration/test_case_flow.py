@@ -66,7 +66,7 @@ async def test_meldebescheinigung_from_submission_to_downloaded_certificate(stac
         assert akte.status == "closed" and akte.retention_until is not None
         assert akte.retention_until.year == akte.closed_at.year + 5
         kinds = sorted(d.kind for d in s.scalars(select(Dokument).where(Dokument.vorgang_id == case_id)))
-        assert kinds == ["Antrag", "Nachweis", "Urkunde"]
+        assert kinds == ["Antrag", "Nachweis", "Urkunde", "Vermerk"]  # Vermerk: the clerk's decision
 
 
 async def test_verification_code_confirms_a_certificate_without_personal_data(stack) -> None:

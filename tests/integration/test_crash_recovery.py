@@ -29,6 +29,9 @@ def _env(settings, task_queue: str) -> dict[str, str]:  # type: ignore[no-untype
         if value is not None and name != "catalog_path":
             env[name.upper()] = str(value)
     env["TASK_QUEUE"] = task_queue
+    # a worker of its own: its own (paused) disposal schedule, never the stack's
+    env["DISPOSAL_SCHEDULE_ID"] = f"{settings.disposal_schedule_id}-{task_queue}"
+    env["DISPOSAL_SCHEDULE_ENABLED"] = "false"
     env["LOG_FORMAT"] = "json"
     return env
 

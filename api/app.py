@@ -15,8 +15,11 @@ from aktenlauf.logging import register_secrets, secret_values
 from aktenlauf.settings import Settings
 from aktenlauf.temporal import connect
 from aktenlauf.wiring import blob_store, session_factory
+from eakte.audit import ReadAuditWindow
 from api import problems
 from api.context import ApiContext
+from api.middleware import RequestContext
+from api.uploads import BodyLimit
 from api.routers import (admin, akten, audit, cases, codec, disposal, documents, exchange, health, mailroom, payments,
                          sandbox_payment, search, services, tasks)
 from aktenlauf import wiring
@@ -33,7 +36,8 @@ problem+json.
 
 def build_context(settings: Settings) -> ApiContext:
     return ApiContext(settings=settings, catalog=wiring.catalog(settings),
-                      sessions=session_factory(settings), store=blob_store(settings))
+                      sessions=session_factory(settings), store=blob_store(settings),
+                      read_audit=ReadAuditWindow(settings.audit_read_window_s))
 
 
 async def _connect_temporal(ctx: ApiContext) -> None:
@@ -75,22 +79,10 @@ def create_app(settings: Settings | None = None, ctx: ApiContext | None = None) 
     app = FastAPI(title="aktenlauf API", version="1", description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.url.path)
-        limit = settings.max_upload_bytes + 1024 * 1024
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            resp: Response = problems.problem(413, "Payload too large", f"requests are limited to {limit} bytes",
-                                              code="payload-too-large", instance=request.url.path)
-        else:
-            resp = await call_next(request)
-        resp.headers["X-Request-ID"] = request_id
-        log.info("request", status=resp.status_code)
-        return resp
-
+    # a chunked body has no Content-Length for RequestContext's check: count it as it arrives
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
+    # outermost: request id, log context, the declared-size check (added last = runs first)
+    app.add_middleware(RequestContext, limit=settings.max_upload_bytes + 1024 * 1024)
     for r in (health, services, cases, tasks, documents, payments, sandbox_payment, mailroom, admin, akten, audit,
               search, exchange, disposal):
         app.include_router(r.router)

@@ -49,7 +49,7 @@ def decode_token(settings: Settings, token: str) -> Principal:
                      departments=tuple(str(d) for d in departments))
 
 
-def current_principal(
+async def current_principal(  # async: pure CPU, no thread-pool hop per request
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
@@ -63,7 +63,7 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def require_role(*roles: str):  # type: ignore[no-untyped-def]
-    def check(p: CurrentPrincipal) -> Principal:
+    async def check(p: CurrentPrincipal) -> Principal:
         if not any(p.has(r) for r in roles):
             raise Forbidden(f"this needs the role {' or '.join(roles)}")
         return p

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 from collections.abc import Callable
 
@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from aktenlauf.errors import Unavailable
 from aktenlauf.settings import Settings
+from eakte.audit import ReadAuditWindow
 from eakte.blobstore import BlobStore
 from intake.catalog import Catalog
 
@@ -26,6 +27,7 @@ class ApiContext:
     sessions: sessionmaker[Session]
     store: BlobStore
     temporal: Client | None = None
+    read_audit: ReadAuditWindow = field(default_factory=lambda: ReadAuditWindow(0))
 
     def client(self) -> Client:
         if self.temporal is None:
@@ -42,7 +44,7 @@ class ApiContext:
         return await run_in_threadpool(work)
 
 
-def get_ctx(request: Request) -> ApiContext:
+async def get_ctx(request: Request) -> ApiContext:  # async: a sync dependency would cost a thread hop
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 

@@ -21,7 +21,6 @@ from eakte.blobstore import BlobRef
 from eakte.models import (
     Akte,
     AktenzeichenCounter,
-    AuditEvent,
     Dispatch,
     Dokument,
     TimelineEvent,
@@ -233,8 +232,8 @@ def audit(
     session: Session, *, actor: str, role: str, action: str, target_type: str, target_id: str,
     case_id: str | None = None, reason: str | None = None, subject_id: str | None = None,
     details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append an event to the hash-chained audit trail (eakte/audit.py).
+) -> str:
+    """Append an event to the hash-chained audit trail (eakte/audit.py); returns its hash.
 
     The subject (the applicant the record is about) is taken from the case when not given,
     so a data-protection request (Auskunft) finds every event that concerns a person.

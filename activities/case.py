@@ -77,10 +77,11 @@ class CaseActivities:
                 content_type="application/json", created_by=p.integrator, channel=p.channel, akte_id=v.akte_id,
                 vorgang_id=v.id, public=True,
             )
-            records.record_event(s, case_id=p.case_id, key=f"{p.case_id}:opened", step="intake", status=c.RECEIVED,
-                                 message=f"Antrag eingegangen, Aktenzeichen {v.aktenzeichen}")
-            records.audit(s, actor=p.integrator, role="integrator", action="case.create", target_type="case",
-                          target_id=p.case_id, case_id=p.case_id)
+            # False on a retry whose earlier attempt committed: then the case was created (and audited) already
+            if records.record_event(s, case_id=p.case_id, key=f"{p.case_id}:opened", step="intake",
+                                    status=c.RECEIVED, message=f"Antrag eingegangen, Aktenzeichen {v.aktenzeichen}"):
+                records.audit(s, actor=p.integrator, role="integrator", action="case.create", target_type="case",
+                              target_id=p.case_id, case_id=p.case_id)
             log.info("case.opened", aktenzeichen=v.aktenzeichen)
             return c.OpenedCase(aktenzeichen=v.aktenzeichen, akte_id=v.akte_id, application_document_id=doc.id)
 

@@ -1,26 +1,105 @@
-"""A worker killed with SIGKILL mid-case: a new worker finishes the case, and every side effect
-happened exactly once (one Akte, one payment, one certificate, one dispatch)."""
+"""A worker killed with SIGKILL at every activity of a case: a new worker finishes every case,
+and every side effect happened exactly once.
+
+One crash worker (tests/crash_worker.py: the normal case worker plus a parking interceptor)
+runs one case per (activity, pause point). Each case's plan parks one activity execution
+forever, either *before* the activity function runs or *after* it returned (its rows are
+committed, its HTTP calls made) but before Temporal has the result: the nasty case, where
+the retry on the new worker must not repeat the side effect. When every case is parked the
+worker is killed with SIGKILL, once; a fresh worker (the normal ``aktenlauf worker``) picks
+the activities up after their start-to-close timeout and finishes every case. Then each case
+must have exactly one Akte/Aktenzeichen, one payment, one certificate, one dispatch, one
+timeline entry per milestone and one audit event per once-only action.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio.client import WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError
 
-from eakte.models import Akte, Dispatch, Dokument, SandboxPayment, Vorgang
+from eakte.models import Akte, AuditEvent, Dispatch, Dokument, SandboxPayment, TimelineEvent, Version, Vorgang
 from intake.catalog import load_catalog
 from tests.integration.helpers import MELDE, pay
 from workflows import contracts as c
-from workflows.case import CaseWorkflow
+from workflows.case import ACTIVITY_TIMEOUT, CaseWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
+SLOTS_PER_WORKER = 16  # worker.build_workers: max_concurrent_activities
+Sessions = sessionmaker[Session]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One activity execution of a case, identified by its type and first argument."""
+
+    activity: str
+    match: dict[str, Any]
+    path: str  # "paid": the happy path with decision, fee and certificate; "expired": the fee is never paid
+
+    @property
+    def label(self) -> str:
+        return "/".join([self.activity, *(str(v) for v in self.match.values())])
+
+
+def _progress(step: str, status: str, path: str = "paid") -> Step:
+    return Step(c.ACT_RECORD_PROGRESS, {"step": step, "status": status}, path)
+
+
+# Every activity CaseWorkflow executes, in order, for a Meldebescheinigung (clerk decision,
+# 10 EUR fee, certificate) ...
+PAID_PATH = [
+    Step(c.ACT_OPEN_CASE, {}, "paid"),                    # Akte + Aktenzeichen, Antrag, audit case.create
+    _progress("routing", c.RECEIVED),
+    _progress("decision", c.AWAITING_DECISION),
+    _progress("decision", c.APPROVED),                     # + Entscheidungsvermerk, audit case.approved
+    Step(c.ACT_REQUEST_PAYMENT, {}, "paid"),              # payment at the provider
+    _progress("payment", c.AWAITING_PAYMENT),
+    _progress("payment", c.ISSUING),                       # paid
+    _progress("certificate", c.ISSUING),
+    Step(c.ACT_ISSUE_DOCUMENT, {}, "paid"),               # the Urkunde, audit document.issue.certificate
+    Step(c.ACT_DISPATCH, {}, "paid"),
+    _progress("dispatch", c.ISSUING),
+    Step(c.ACT_ARCHIVE, {}, "paid"),                      # Akte closed, retention date set
+    _progress("archive", c.COMPLETED),
+]
+# ... and the steps only the payment-expiry path has (the same service without a decision and
+# with a payment period of 0 days: the workflow's timer fires at once).
+EXPIRED_PATH = [
+    Step(c.ACT_CANCEL_PAYMENT, {}, "expired"),
+    _progress("payment", c.CANCELLED, "expired"),
+]
+PAID_TIMELINE = [("intake", c.RECEIVED), ("routing", c.RECEIVED), ("decision", c.AWAITING_DECISION),
+                 ("decision", c.APPROVED), ("payment", c.AWAITING_PAYMENT), ("payment", c.ISSUING),
+                 ("certificate", c.ISSUING), ("dispatch", c.ISSUING), ("archive", c.COMPLETED)]
+EXPIRED_TIMELINE = [("intake", c.RECEIVED), ("routing", c.RECEIVED), ("payment", c.AWAITING_PAYMENT),
+                    ("payment", c.CANCELLED), ("archive", c.CANCELLED)]
+CLERK = c.Actor(sub="clerk-bb", roles=["clerk"], departments=["buergerbuero"])
+
+
+@dataclass
+class Case:
+    id: str
+    step: Step
+    when: str  # "before" | "after"
+    handle: WorkflowHandle[Any, Any] | None = None
+    footprint_at_kill: tuple[Any, ...] = ()
 
 
 def _env(settings, task_queue: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -36,70 +115,189 @@ def _env(settings, task_queue: str) -> dict[str, str]:  # type: ignore[no-untype
     return env
 
 
-def _start_worker(settings, task_queue: str, log: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    return subprocess.Popen([sys.executable, "-m", "aktenlauf.cli", "worker", "--queues", "cases"],
-                            env=_env(settings, task_queue), cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+def _spawn(args: list[str], settings, task_queue: str, log: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen([sys.executable, *args], env=_env(settings, task_queue), cwd=ROOT,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-
-
-async def _wait_db(stack, case_id: str, pred, timeout: float = 60) -> Vorgang:  # type: ignore[no-untyped-def]
+async def _until_status(sessions: Sessions, case_id: str, status: str, timeout: float = 150) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with stack.sessions()() as s:
-            v = s.get(Vorgang, case_id)
-            if v is not None and pred(v):
-                return v
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"case {case_id} did not reach the expected state")
+        with sessions() as s:
+            if s.scalar(select(Vorgang.status).where(Vorgang.id == case_id)) == status:
+                return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"case {case_id} never reached {status}")
 
 
-async def test_worker_killed_mid_case_finishes_with_exactly_one_of_everything(stack, tmp_path) -> None:
+async def _decide(handle: WorkflowHandle[Any, Any], case_id: str) -> c.DecisionOutcome:
+    # The update may be sent while the worker dies: it is re-sent under the same update id,
+    # which Temporal deduplicates (never a second decision).
+    while True:
+        try:
+            return await handle.execute_update(CaseWorkflow.decide, c.Decision(actor=CLERK, approve=True),
+                                               id=f"{case_id}-decide")
+        except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
+            await asyncio.sleep(0.5)
+
+
+async def _drive(sessions: Sessions, http: httpx.AsyncClient, case: Case) -> c.CaseResult:
+    """What clerk and citizen do for this case; runs across the crash."""
+    assert case.handle is not None
+    if case.step.path == "paid":
+        await _until_status(sessions, case.id, c.AWAITING_DECISION)
+        outcome = await _decide(case.handle, case.id)
+        assert outcome.status == c.AWAITING_PAYMENT and outcome.payment_url, outcome
+        await pay(http, outcome.payment_url)
+    return await case.handle.result()
+
+
+def _footprint(sessions: Sessions, case_id: str) -> tuple[Any, ...]:
+    """Every row a case's activities write, counted: differs between before and after a side effect."""
+    with sessions() as s:
+        v = s.get(Vorgang, case_id)
+        if v is None:
+            return ("no case",)
+        payments = sorted(s.scalars(select(SandboxPayment.status).where(SandboxPayment.reference == v.aktenzeichen)))
+        return (
+            s.scalar(select(func.count()).select_from(TimelineEvent).where(TimelineEvent.vorgang_id == case_id)),
+            tuple(sorted(s.scalars(select(Dokument.kind).where(Dokument.vorgang_id == case_id)))),
+            s.scalar(select(func.count()).select_from(Dispatch).where(Dispatch.vorgang_id == case_id)),
+            s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.case_id == case_id)),
+            tuple(payments), v.payment_id is not None, v.akte.status,
+        )
+
+
+def _parked(markers: Path, case: Case) -> dict[str, Any] | None:
+    marker = markers / case.id
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+async def _wait_parked(markers: Path, cases: list[Case], drivers: list[asyncio.Task[Any]],
+                       worker: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Until every case is parked in an attempt that will not time out in the next seconds.
+
+    On a slow machine the first-parked attempts may reach their start-to-close timeout before
+    the last case is parked: Temporal retries them on the crash worker, which parks them again;
+    this waits for those fresh attempts rather than killing while one is between attempts."""
+    fresh = ACTIVITY_TIMEOUT.total_seconds() - 5
+    deadline = time.monotonic() + timeout
+    missing = cases
+    while time.monotonic() < deadline:
+        now = time.time()
+        missing = [k for k in cases if (m := _parked(markers, k)) is None or now - m["started"] > fresh]
+        if not missing:
+            return
+        for d in drivers:
+            if d.done():
+                d.result()  # a driver that failed before the crash: show why
+        assert worker.poll() is None, "the crash worker died on its own"
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not parked: {[(k.step.label, k.when) for k in missing]}")
+
+
+async def test_worker_killed_in_every_activity_before_and_after_its_side_effect(stack, tmp_path) -> None:
     queue = "crash-" + uuid.uuid4().hex[:8]
     log = tmp_path / "worker.log"
+    markers = tmp_path / "parked"
+    markers.mkdir()
+    tag = uuid.uuid4().hex[:8]
+    cases = [Case(f"case-crash-{tag}-{i:02d}-{when}", step, when)
+             for i, step in enumerate(PAID_PATH + EXPIRED_PATH) for when in ("before", "after")]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({
+        "markers": str(markers),
+        # every parked attempt holds an activity slot: enough workers for all of them, and one more
+        # for the activities of the cases on their way and for attempts parked again after a timeout
+        "workers": -(-len(cases) // SLOTS_PER_WORKER) + 1,
+        "pauses": {k.id: {"activity": k.step.activity, "when": k.when, "match": k.step.match} for k in cases},
+    }))
+    melde = load_catalog(stack.settings.catalog_path).service(MELDE)
+    assert melde.decision_required and melde.fee_cents > 0 and melde.certificate
+    expiring = dataclasses.replace(melde, decision_required=False, payment_days=0)
     client = await stack.temporal()
-    case_id = "case-crash-" + uuid.uuid4().hex
-    service = load_catalog(stack.settings.catalog_path).service(MELDE)
-    inp = c.CaseInput(case_id=case_id, integrator="portal-crash", fingerprint="0" * 64,
-                      applicant=c.Applicant(name="Kim Absturz", address_lines=["Ringstraße 9"]), service=service,
-                      requested_service_key=MELDE)
-    w1 = _start_worker(stack.settings, queue, log)
+    sessions: Sessions = stack.sessions()  # one engine (each stack.sessions() call makes a new pool)
+
+    crash = _spawn(["-m", "tests.crash_worker", str(plan)], stack.settings, queue, log)
+    recovery: subprocess.Popen[bytes] | None = None
+    drivers: dict[str, asyncio.Task[c.CaseResult]] = {}
     try:
-        handle = await client.start_workflow(CaseWorkflow.run, inp, id=case_id, task_queue=queue)
-        # kill during intake/routing, as soon as the Akte exists
-        await _wait_db(stack, case_id, lambda v: True)
-        _kill(w1)
-        w2 = _start_worker(stack.settings, queue, log)
-        await _wait_db(stack, case_id, lambda v: v.status == c.AWAITING_DECISION)
-        out = await handle.execute_update(CaseWorkflow.decide, c.Decision(
-            actor=c.Actor(sub="clerk-bb", roles=["clerk"], departments=["buergerbuero"]), approve=True))
-        _kill(w2)  # no worker while the citizen pays: the signal waits in Temporal
         async with stack.client() as http:
-            await pay(http, out.payment_url)
-        w3 = _start_worker(stack.settings, queue, log)
-        # kill while the certificate is being made
-        await _wait_db(stack, case_id, lambda v: v.step in ("certificate", "dispatch", "archive"))
-        _kill(w3)
-        w4 = _start_worker(stack.settings, queue, log)
-        try:
-            result: c.CaseResult = await asyncio.wait_for(handle.result(), 120)
-        finally:
-            w4.terminate()
-            w4.wait(30)
+            for k in reversed(cases):  # the cases parked late in the flow first: they have the longest way
+                svc = melde if k.step.path == "paid" else expiring
+                k.handle = await client.start_workflow(CaseWorkflow.run, c.CaseInput(
+                    case_id=k.id, integrator="portal-crash", fingerprint="0" * 64,
+                    applicant=c.Applicant(name="Kim Absturz", address_lines=["Ringstraße 9"]), service=svc,
+                    requested_service_key=MELDE), id=k.id, task_queue=queue)
+                drivers[k.id] = asyncio.create_task(_drive(sessions, http, k))
+            await _wait_parked(markers, cases, list(drivers.values()), crash)
+            crash.send_signal(signal.SIGKILL)  # kill -9: no graceful shutdown, no activity reports back
+            killed_at = time.time()
+            assert crash.wait(10) == -signal.SIGKILL
+            for k in cases:  # what the dead worker left behind; no worker writes until the next one starts
+                k.footprint_at_kill = _footprint(sessions, k.id)
+            recovery = _spawn(["-m", "aktenlauf.cli", "worker", "--queues", "cases"], stack.settings, queue, log)
+            results = await asyncio.wait_for(asyncio.gather(*(drivers[k.id] for k in cases)), 150)
     finally:
-        for p in (w1,):
-            if p.poll() is None:
-                p.kill()
-    assert result.status == c.COMPLETED
-    with stack.sessions()() as s:
-        v = s.get(Vorgang, case_id)
-        assert s.scalar(select(func.count()).select_from(Akte).where(Akte.id == v.akte_id)) == 1
-        assert s.scalar(select(func.count()).select_from(Dokument).where(
-            Dokument.vorgang_id == case_id, Dokument.kind == "Urkunde")) == 1
-        assert s.scalar(select(func.count()).select_from(Dispatch).where(Dispatch.vorgang_id == case_id)) == 1
-        assert s.scalar(select(func.count()).select_from(SandboxPayment).where(
-            SandboxPayment.reference == v.aktenzeichen)) == 1
-        assert v.status == c.COMPLETED and v.payment_status == "paid"
+        for d in drivers.values():
+            d.cancel()
+        if crash.poll() is None:
+            crash.kill()
+            crash.wait(10)
+        if recovery is not None:
+            recovery.terminate()
+            recovery.wait(30)
+        sessions.kw["bind"].dispose()
+
+    for k in cases:  # each case was parked where the plan put it ...
+        parked = _parked(markers, k)
+        assert parked is not None and (parked["activity"], parked["when"]) == (k.step.activity, k.when), k.id
+        # ... in an attempt still running when the worker died (not yet timed out and retried)
+        assert killed_at - parked["started"] < ACTIVITY_TIMEOUT.total_seconds(), (k.id, parked)
+    twins: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for k in cases:
+        twins.setdefault(k.step.label + k.step.path, {})[k.when] = k.footprint_at_kill
+    for label, fp in twins.items():  # "after" really is after the side effect, "before" before it
+        assert fp["before"] != fp["after"], f"{label}: killed before and after its side effect look alike: {fp}"
+
+    store = stack.store()
+    for k, result in zip(cases, results, strict=True):
+        paid = k.step.path == "paid"
+        what = f"{k.id} ({k.step.label}, killed {k.when})"
+        with sessions() as s:
+            v = s.get(Vorgang, k.id)
+            assert v is not None, what
+            assert result.status == (c.COMPLETED if paid else c.CANCELLED), what
+            assert result.aktenzeichen == v.aktenzeichen, what
+            assert v.status == result.status and v.closed_at is not None, what
+            assert v.payment_status == ("paid" if paid else "expired"), what
+            # one Akte, one Aktenzeichen
+            akten = s.scalars(select(Akte).where(Akte.aktenzeichen == v.aktenzeichen)).all()
+            assert [a.id for a in akten] == [v.akte_id], what
+            assert akten[0].status == "closed" and akten[0].retention_until is not None, what
+            # one payment at the provider, paid (or cancelled when it expired)
+            payments = s.scalars(select(SandboxPayment).where(SandboxPayment.reference == v.aktenzeichen)).all()
+            assert [(p.id, p.status) for p in payments] == [(v.payment_id, "paid" if paid else "cancelled")], what
+            # one Antrag, one Entscheidungsvermerk, one certificate; each with one stored version
+            docs = s.scalars(select(Dokument).where(Dokument.vorgang_id == k.id)).all()
+            assert sorted(d.kind for d in docs) == (["Antrag", "Urkunde", "Vermerk"] if paid else ["Antrag"]), what
+            for d in docs:
+                versions = s.scalars(select(Version).where(Version.dokument_id == d.id)).all()
+                assert len(versions) == 1, (what, d.kind)
+                assert store.exists(versions[0].object_key), (what, d.kind)
+            if paid:
+                urkunde = next(d for d in docs if d.kind == "Urkunde")
+                assert result.issued_document_id == urkunde.id, what
+            # one dispatch, of that certificate
+            dispatches = s.scalars(select(Dispatch).where(Dispatch.vorgang_id == k.id)).all()
+            assert [d.dokument_id for d in dispatches] == ([result.issued_document_id] if paid else []), what
+            # one timeline entry per milestone, in order
+            timeline = s.execute(select(TimelineEvent.step, TimelineEvent.status).where(
+                TimelineEvent.vorgang_id == k.id).order_by(TimelineEvent.id)).all()
+            assert [tuple(t) for t in timeline] == (PAID_TIMELINE if paid else EXPIRED_TIMELINE), what
+            # the once-only audit events, once
+            actions = Counter(s.scalars(select(AuditEvent.action).where(AuditEvent.case_id == k.id)))
+            expected = {"case.create": 1, "case.approved": 1, "document.issue.certificate": 1} if paid \
+                else {"case.create": 1}
+            assert dict(actions) == expected, what
+    sessions.kw["bind"].dispose()

@@ -1,9 +1,10 @@
 """Case throughput: N cases through the whole path against a bare Temporal workflow of the
 same shape, on the same Temporal server, in the same run.
 
-Whole path: POST /v1/cases → (worker: Akte, Aktenzeichen, routing) → scripted clerk approves
-through the API → scripted payer pays on the sandbox payment page → signed callback →
-certificate rendered and stored in S3 → dispatch → archive.
+Whole path: POST /v1/cases → (worker: Akte, Aktenzeichen, routing) → a scripted clerk finds the
+case in the department inbox and approves it through the API → a scripted payer pays on the
+sandbox payment page → signed callback → certificate rendered and stored in S3 → dispatch →
+archive. Both runs observe completion the same way (the workflow's result).
 Bare: a workflow with the same number of activities (no-ops), one Update and one Signal.
 
 Prints both rates (cases/s) and their ratio. Usage:
@@ -33,11 +34,13 @@ from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import ApiServer, WorkerThread  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
 from aktenlauf.temporal import connect  # noqa: E402
+from workflows.contracts import CaseResult  # noqa: E402
 from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
 
 from bare_workflow import BareCase, BareDecision, bare_step  # noqa: E402
 
 MELDE = "99115005012000"
+INBOX_POLL_S = 0.2  # how often the scripted clerk looks at the department inbox
 
 
 async def run_bare(client: Client, n: int, concurrency: int) -> list[float]:
@@ -61,23 +64,39 @@ async def run_bare(client: Client, n: int, concurrency: int) -> list[float]:
     return latencies
 
 
-async def run_full(base_url: str, settings: Settings, n: int, concurrency: int) -> list[float]:
+async def run_full(base_url: str, settings: Settings, client: Client, n: int, concurrency: int) -> list[float]:
+    """The whole path through the API, driven the way its users drive it: the portal submits
+    (``concurrency`` cases in flight), a clerk works the department inbox (one GET /v1/tasks
+    every INBOX_POLL_S, deciding what is there), the citizen pays on the payment page as soon as
+    the decision names it. Completion is observed like the bare run's: the workflow's result."""
     from api.auth import mint_token
 
     portal = {"Authorization": "Bearer " + mint_token(settings, "bench-portal", ["integrator"])}
     clerk = {"Authorization": "Bearer " + mint_token(settings, "bench-clerk", ["clerk"], ["buergerbuero"])}
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
+    mine: set[str] = set()
+    handled: set[str] = set()
+    work: list[asyncio.Task[None]] = []
+    done = asyncio.Event()
     limits = httpx.Limits(max_connections=concurrency * 3)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
 
-        async def until(case_id: str, status: str) -> dict:
-            while True:
-                r = await http.get(f"/v1/cases/{case_id}", headers=portal)
-                body = r.json()
-                if body["status"] == status:
-                    return body
-                await asyncio.sleep(0.05)
+        async def decide_and_pay(case_id: str) -> None:
+            d = await http.post(f"/v1/cases/{case_id}/decision", headers=clerk, json={"decision": "approve"})
+            d.raise_for_status()
+            pay = await http.post(d.json()["payment_url"], data={"action": "pay"})
+            pay.raise_for_status()
+
+        async def clerk_at_inbox() -> None:
+            while not done.is_set():
+                r = await http.get("/v1/tasks", headers=clerk, params={"sort": "created_at", "limit": 500})
+                r.raise_for_status()
+                for task in r.json():
+                    if task["case_id"] in mine and task["case_id"] not in handled:
+                        handled.add(task["case_id"])
+                        work.append(asyncio.create_task(decide_and_pay(task["case_id"])))
+                await asyncio.sleep(INBOX_POLL_S)
 
         async def one(i: int) -> None:
             async with sem:
@@ -87,15 +106,19 @@ async def run_full(base_url: str, settings: Settings, n: int, concurrency: int) 
                                           "address_lines": ["Teststraße 1"]}, "form": {"Zweck": "Benchmark"}})
                 r.raise_for_status()
                 case_id = r.json()["case_id"]
-                await until(case_id, "awaiting_decision")
-                d = await http.post(f"/v1/cases/{case_id}/decision", headers=clerk, json={"decision": "approve"})
-                d.raise_for_status()
-                pay = await http.post(d.json()["payment_url"], data={"action": "pay"})
-                pay.raise_for_status()
-                await until(case_id, "completed")
+                mine.add(case_id)
+                result = await client.get_workflow_handle(case_id, result_type=CaseResult).result()
+                if result.status != "completed":
+                    raise RuntimeError(f"case {case_id} ended {result.status}")
                 latencies.append(time.perf_counter() - t0)
 
-        await asyncio.gather(*(one(i) for i in range(n)))
+        inbox = asyncio.create_task(clerk_at_inbox())
+        try:
+            await asyncio.gather(*(one(i) for i in range(n)))
+        finally:
+            done.set()
+            await inbox
+            await asyncio.gather(*work)
     return latencies
 
 
@@ -141,13 +164,13 @@ async def main() -> None:
         client = await connect(settings)
         print(f"# {args.cases} cases, {args.concurrency} in flight, database {db_url.split('://')[0]}, "
               f"Temporal dev server (SQLite), SeaweedFS S3, 2 cores")
-        await run_full(f"http://127.0.0.1:{port}", settings, min(5, args.cases), args.concurrency)  # warm-up
+        await run_full(f"http://127.0.0.1:{port}", settings, client, min(5, args.cases), args.concurrency)  # warm-up
         await run_bare(client, min(5, args.cases), args.concurrency)
         t0 = time.perf_counter()
         bare_lat = await run_bare(client, args.cases, args.concurrency)
         bare = report("bare", args.cases, time.perf_counter() - t0, bare_lat)
         t0 = time.perf_counter()
-        full_lat = await run_full(f"http://127.0.0.1:{port}", settings, args.cases, args.concurrency)
+        full_lat = await run_full(f"http://127.0.0.1:{port}", settings, client, args.cases, args.concurrency)
         full = report("whole path", args.cases, time.perf_counter() - t0, full_lat)
         print(f"ratio whole/bare = {full / bare:.2f}")
         worker.stop()

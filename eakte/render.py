@@ -22,9 +22,11 @@ verification code, verification URL and a QR code of that URL on every page.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import io
+import itertools
 import os.path
 import re
 import threading
@@ -35,14 +37,14 @@ from typing import Final, Literal
 from xml.sax.saxutils import escape as _xml_escape
 
 import reportlab
-from reportlab.graphics import renderPDF
-from reportlab.graphics.barcode.qr import QrCodeWidget
-from reportlab.graphics.shapes import Drawing
+from PIL import Image
+from reportlab.graphics.barcode import qrencoder
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT, TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
+from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
@@ -524,13 +526,35 @@ class _Decorator:
         c.restoreState()
 
 
+@functools.lru_cache(maxsize=32)
+def qr_modules(value: str) -> tuple[tuple[bool, ...], ...]:
+    """The QR code's module matrix (error correction M), computed once per value: both layout
+    passes draw the same code."""
+    code = qrencoder.QRCode(None, qrencoder.QRErrorCorrectLevel.M)
+    code.addData(value)
+    code.make()
+    return tuple(tuple(bool(m) for m in row) for row in code.modules)
+
+
+def qr_image(value: str, border: int = 2) -> Image.Image:
+    """The QR code as a 1-bit image, one pixel per module, with a quiet zone of ``border``."""
+    rows = qr_modules(value)
+    n = len(rows) + 2 * border
+    img = Image.new("1", (n, n), 1)
+    px = img.load()
+    for r, row in enumerate(rows):
+        for col, dark in enumerate(row):
+            if dark:
+                px[col + border, r + border] = 0
+    return img
+
+
 def _draw_qr(c: Canvas, value: str, x: float, y: float, size: float) -> None:
-    widget = QrCodeWidget(value, barLevel="M", barBorder=2)
-    x1, y1, x2, y2 = widget.getBounds()
-    w, h = x2 - x1, y2 - y1
-    drawing = Drawing(size, size, transform=[size / w, 0, 0, size / h, -x1 * size / w, -y1 * size / h])
-    drawing.add(widget)
-    renderPDF.draw(drawing, c, x, y)
+    """Draw the QR code as one small image scaled to ``size`` (PDF viewers do not interpolate
+    images unless asked, so the modules stay sharp). As a graphics widget it was ~600 validated
+    shape objects, and as vector rectangles it still tripled the cost of extracting the
+    certificate's text for the search index."""
+    c.drawImage(ImageReader(qr_image(value)), x, y, size, size)
 
 
 # --------------------------------------------------------------------------

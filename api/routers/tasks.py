@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from api.auth import CurrentPrincipal, require_role
@@ -29,13 +29,16 @@ async def list_tasks(
 ) -> list[TaskOut]:
     departments = [d for d in p.departments if department is None or d == department]
 
-    def load(s: Session) -> list[Vorgang]:
-        q = (select(Vorgang).join(Akte, Akte.id == Vorgang.akte_id)
+    def load(s: Session) -> list[Row]:  # type: ignore[type-arg]
+        # only the listed columns (Core): the wide rows with form and applicant are not loaded
+        q = (select(Vorgang.id, Vorgang.aktenzeichen, Vorgang.service_key, Vorgang.service_name, Vorgang.department,
+                    Vorgang.status, Vorgang.due_on, Vorgang.created_at)
+             .join(Akte, Akte.id == Vorgang.akte_id)
              .where(Vorgang.status == c.AWAITING_DECISION, Vorgang.department.in_(departments), visible_cases(p)))
         if service_key:
             q = q.where(Vorgang.service_key == service_key)
         order = Vorgang.due_on if sort == "due_on" else Vorgang.created_at
-        return list(s.scalars(q.order_by(order, Vorgang.created_at).limit(limit).offset(offset)))
+        return list(s.execute(q.order_by(order, Vorgang.created_at).limit(limit).offset(offset)))
 
     rows = await ctx.db(load) if departments else []
     return [TaskOut(case_id=v.id, aktenzeichen=v.aktenzeichen, service_key=v.service_key, service_name=v.service_name,

@@ -242,3 +242,36 @@ def test_verification_alphabet_has_no_ambiguous_characters() -> None:
 def test_verification_code_rejects_empty_secret() -> None:
     with pytest.raises(ValueError):
         verification_code(b"", "subject")
+
+
+# --- the QR code -----------------------------------------------------------------
+
+
+def test_the_qr_matrix_is_the_one_reportlabs_qr_widget_encodes() -> None:
+    from reportlab.graphics.barcode.qr import QrCodeWidget
+
+    from eakte.render import qr_modules
+
+    value = "https://aktenlauf.example/v1/verify/K7QF-9M2X-4TPA"
+    widget = QrCodeWidget(value, barLevel="M")
+    widget.qr.make()
+    expected = tuple(tuple(bool(m) for m in row) for row in widget.qr.modules)
+    got = qr_modules(value)
+    assert got == expected and len(got) >= 21
+    # finder pattern in the top-left corner: a 7x7 dark ring around a 3x3 dark core
+    assert all(got[0][:7]) and all(got[6][:7]) and got[1][1:6] == (False,) * 5 and all(got[3][2:5])
+
+
+def test_the_certificate_carries_its_qr_code_pixel_for_module() -> None:
+    from eakte.render import qr_modules
+
+    url = AUTHORITY.verify_base_url + CERTIFICATE.verification_code
+    images = _reader(CERTIFICATE).pages[0].images
+    assert len(images) == 1
+    img = images[0].image.convert("1")
+    modules = qr_modules(url)
+    n = len(modules)
+    assert img.size == (n + 4, n + 4)  # a quiet zone of two modules on each side
+    got = tuple(tuple(img.getpixel((c + 2, r + 2)) == 0 for c in range(n)) for r in range(n))
+    assert got == modules
+    assert all(img.getpixel((c, 0)) != 0 for c in range(n + 4))  # the quiet zone is light

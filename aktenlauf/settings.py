@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     # how long POST /v1/cases waits for the Aktenzeichen before answering 503 (repeat with the same key)
     register_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    # how long a clerk's or integrator's change (decision, document, routing) waits for the case
+    # to carry it out before the API answers 503 (the change may still happen: check the case)
+    update_timeout_s: float = Field(default=30.0, gt=0, le=300)
     # repeated views of one case by one caller within this window are covered by one audit event
     # (per API process); 0 audits every view. Document downloads are always audited one by one.
     audit_read_window_s: int = Field(default=300, ge=0, le=3600)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from temporalio.client import RPCTimeoutOrCancelledError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from temporalio.exceptions import ApplicationError
@@ -13,12 +17,34 @@ from workflows import contracts as c
 #: every error a Temporal client call can raise that ``translate`` turns into a domain error
 TEMPORAL_ERRORS = (WorkflowUpdateFailedError, RPCError, RPCTimeoutOrCancelledError)
 
+T = TypeVar("T")
+
 _BY_TYPE: dict[str, type[AktenlaufError]] = {
     c.ERR_IDEMPOTENCY: Conflict,
     c.ERR_STATE: Conflict,
     c.ERR_FORBIDDEN: Forbidden,
     c.ERR_INVALID: InvalidInput,
 }
+
+
+async def bounded(call: Awaitable[T], timeout_s: float) -> T:
+    """Wait for a workflow Update's outcome at most ``timeout_s``. The SDK would wait for as long
+    as the case needs — through a database or S3 outage — and the caller's proxy would give up
+    first. On timeout the SDK's own timeout error is raised, which ``translate`` makes a 503 that
+    says the change may still be carried out."""
+    try:
+        return await asyncio.wait_for(call, timeout=timeout_s)
+    except TimeoutError as exc:
+        raise WorkflowUpdateRPCTimeoutOrCancelledError() from exc
+
+
+def not_applied(exc: BaseException) -> bool:
+    """Is it certain that the failed Update was not (and will not be) carried out? Only then may
+    the caller remove what it stored for it; otherwise the orphan sweep's grace period decides."""
+    if isinstance(exc, WorkflowUpdateFailedError):
+        return True  # refused by the validator or failed in the handler
+    return isinstance(exc, RPCError) and exc.status in (
+        RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.FAILED_PRECONDITION)
 
 
 def is_contention(exc: RPCError) -> bool:
@@ -40,8 +66,8 @@ def translate(exc: BaseException, *, known_case: bool = False) -> AktenlaufError
             return _BY_TYPE.get(cause.type or "", Conflict)(cause.message)
         return Conflict(str(exc.cause or exc))
     if isinstance(exc, (WorkflowUpdateRPCTimeoutOrCancelledError, RPCTimeoutOrCancelledError)):
-        return Unavailable("the case did not answer in time (it may be waiting for a backing service); "
-                           "retry shortly")
+        return Unavailable("the case did not answer in time (it may be waiting for a backing service); the "
+                           "change may still be carried out, so look at the case before repeating it")
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.NOT_FOUND:
             if known_case:

@@ -37,7 +37,7 @@ from api.schemas import (
     RouteIn,
     TimelineOut,
 )
-from api.temporal_errors import TEMPORAL_ERRORS, is_contention, translate
+from api.temporal_errors import TEMPORAL_ERRORS, bounded, is_contention, not_applied, translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte import records
 from eakte.access import (Principal, can_add_document_vorgang, can_decide_vorgang, can_read_case,
@@ -254,12 +254,13 @@ async def upload_document(
         raise Conflict(f"the case is closed ({v.status}); no documents can be added")
     ref = await store_upload(ctx, file)
     try:
-        doc_id: str = await ctx.client().get_workflow_handle(case_id).execute_update(
+        doc_id: str = await bounded(ctx.client().get_workflow_handle(case_id).execute_update(
             CaseWorkflow.add_document,
             c.AddDocument(actor=_actor(p), ref=ref, kind=kind, title=title, upload_id=uuid.uuid4().hex),
-        )
+        ), ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
-        await discard_if_unreferenced(ctx, ref)
+        if not_applied(exc):  # otherwise the document may still be filed: the sweep's grace period decides
+            await discard_if_unreferenced(ctx, ref)
         raise translate(exc, known_case=True) from exc
     return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)
 
@@ -272,8 +273,8 @@ async def route_case(case_id: str, body: RouteIn, ctx: Ctx, p: CurrentPrincipal)
     if service is None:
         raise InvalidInput(f"unknown service_key {body.service_key}; see GET /v1/services")
     try:
-        status: str = await ctx.client().get_workflow_handle(case_id).execute_update(
-            CaseWorkflow.route, c.RouteCase(actor=_actor(p), service=service))
+        status: str = await bounded(ctx.client().get_workflow_handle(case_id).execute_update(
+            CaseWorkflow.route, c.RouteCase(actor=_actor(p), service=service)), ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
     return CaseRouted(case_id=case_id, service_key=service.key, department=service.department, status=status)
@@ -287,8 +288,8 @@ async def decide(case_id: str, body: DecisionIn, ctx: Ctx, p: CurrentPrincipal, 
     if body.decision == "reject" and not (body.reason or "").strip():
         raise InvalidInput("a rejection needs a reason")
     try:
-        out: c.DecisionOutcome = await ctx.client().get_workflow_handle(case_id).execute_update(
-            CaseWorkflow.decide, c.Decision(actor=_actor(p), approve=body.decision == "approve", reason=body.reason))
+        out: c.DecisionOutcome = await bounded(ctx.client().get_workflow_handle(case_id).execute_update(
+            CaseWorkflow.decide, c.Decision(actor=_actor(p), approve=body.decision == "approve", reason=body.reason)), ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
     return DecisionOut(decision=out.decision, status=out.status, payment_url=out.payment_url)
@@ -314,10 +315,11 @@ async def add_note(case_id: str, body: NoteIn, ctx: Ctx, p: CurrentPrincipal) ->
     ref = c.DocumentRef(bucket=blob.bucket, key=blob.key, sha256=blob.sha256, size=blob.size,
                         filename="aktenvermerk.txt", content_type="text/plain; charset=utf-8")
     try:
-        doc_id: str = await ctx.client().get_workflow_handle(case_id).execute_update(
+        doc_id: str = await bounded(ctx.client().get_workflow_handle(case_id).execute_update(
             CaseWorkflow.add_document,
-            c.AddDocument(actor=_actor(p), ref=ref, kind="Vermerk", title=body.title, upload_id=uuid.uuid4().hex))
+            c.AddDocument(actor=_actor(p), ref=ref, kind="Vermerk", title=body.title, upload_id=uuid.uuid4().hex)), ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
-        await discard_if_unreferenced(ctx, ref)
+        if not_applied(exc):  # otherwise the document may still be filed: the sweep's grace period decides
+            await discard_if_unreferenced(ctx, ref)
         raise translate(exc, known_case=True) from exc
     return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)

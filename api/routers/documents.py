@@ -20,7 +20,7 @@ from aktenlauf.errors import Conflict, Forbidden, IntegrityViolation, NotFound, 
 from api.auth import CurrentPrincipal
 from api.context import Ctx
 from api.schemas import DocumentCreated, DocumentDetail, VersionOut
-from api.temporal_errors import TEMPORAL_ERRORS, translate
+from api.temporal_errors import TEMPORAL_ERRORS, bounded, not_applied, translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte import records
 from eakte.access import Principal, can_add_document_vorgang, can_read_vorgang, content_needs_reason
@@ -160,11 +160,12 @@ async def add_version(
         raise UnsupportedMediaType(f"a new version must be of the same type as the document ({f.doc.content_type})")
     actor = c.Actor(sub=p.sub, roles=list(p.roles), departments=list(p.departments))
     try:
-        doc_id: str = await ctx.client().get_workflow_handle(f.case.id).execute_update(
+        doc_id: str = await bounded(ctx.client().get_workflow_handle(f.case.id).execute_update(
             CaseWorkflow.add_document,
             c.AddDocument(actor=actor, ref=ref, kind=f.doc.kind, title=f.doc.title, upload_id=uuid.uuid4().hex,
-                          supersedes=f.doc.id, reason=reason))
+                          supersedes=f.doc.id, reason=reason)), ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
-        await discard_if_unreferenced(ctx, ref)
+        if not_applied(exc):  # otherwise the document may still be filed: the sweep's grace period decides
+            await discard_if_unreferenced(ctx, ref)
         raise translate(exc, known_case=True) from exc
     return DocumentCreated(document_id=doc_id, sha256=ref.sha256, size=ref.size)

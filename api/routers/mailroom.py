@@ -17,7 +17,7 @@ from aktenlauf.errors import InvalidInput, NotFound
 from api.auth import CurrentPrincipal, require_role
 from api.context import ApiContext, Ctx
 from api.schemas import AssignIn, MailAccepted, MailItemOut
-from api.temporal_errors import TEMPORAL_ERRORS, translate
+from api.temporal_errors import TEMPORAL_ERRORS, bounded, translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte.models import MailItem, utcnow
 from workflows import contracts as c
@@ -101,10 +101,10 @@ async def assign_item(item_id: str, body: AssignIn, ctx: Ctx, p: CurrentPrincipa
     """File a letter waiting in triage into the case with this Aktenzeichen."""
     await _item(ctx, item_id)
     try:
-        await ctx.client().get_workflow_handle(item_id).execute_update(
+        await bounded(ctx.client().get_workflow_handle(item_id).execute_update(
             MailItemWorkflow.assign,
             c.AssignLetter(actor=c.Actor(sub=p.sub, roles=list(p.roles), departments=list(p.departments)),
-                           aktenzeichen=body.aktenzeichen))
+                           aktenzeichen=body.aktenzeichen)), ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
     return item_out(await _item(ctx, item_id))

@@ -121,8 +121,13 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
         created = await asyncio.wait_for(register(), timeout=ctx.settings.register_timeout_s)
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         # (the SDK answers the cancellation by wait_for with its own error instead of CancelledError)
-        raise Unavailable("the case was accepted but is not registered yet; repeat the request with the same "
-                          "Idempotency-Key to get its Aktenzeichen") from exc
+        if idempotency_key:
+            raise Unavailable("the case was accepted but is not registered yet; repeat the request with the same "
+                              "Idempotency-Key to get its Aktenzeichen", case_id=case_id) from exc
+        # no key: a repeat would be a second case. Say which case this one is instead.
+        raise Unavailable(f"the case {case_id} was accepted and will be registered once the backing service is "
+                          f"back; do not send it again: GET /v1/cases/{case_id} shows it when it is registered "
+                          "(send an Idempotency-Key to make repeats safe)", case_id=case_id) from exc
     except WorkflowAlreadyStartedError:
         return await _replay_closed(ctx, case_id, fingerprint)
     except TEMPORAL_ERRORS as exc:

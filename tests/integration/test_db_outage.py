@@ -156,6 +156,8 @@ async def test_a_database_crash_mid_case_gives_503_and_loses_neither_case_nor_de
             # without one the workflow is started and cannot register: 503, but the case is accepted
             r = await http.post("/v1/cases", json=application(HUND, name="Nora Nokey"), headers=portal)
             assert_503(r, "POST case without Idempotency-Key")
+            nokey_id = r.json()["case_id"]  # the answer names the accepted case, so nobody sends it twice
+            assert nokey_id in r.json()["detail"] and "do not send it again" in r.json()["detail"]
             ready = await http.get("/readyz")
             assert ready.status_code == 503 and int(ready.headers["retry-after"]) > 0
             checks = ready.json()["checks"]
@@ -209,7 +211,7 @@ async def test_a_database_crash_mid_case_gives_503_and_loses_neither_case_nor_de
         with pg_stack.sessions()() as s:
             nokey = list(s.scalars(select(Vorgang.id).where(Vorgang.integrator == portal_sub,
                                                             Vorgang.service_key == HUND)))
-        assert len(nokey) == 1, nokey
+        assert nokey == [nokey_id]
         await wait_for_case(http, nokey[0], portal, status="completed", timeout=60)
 
     with pg_stack.sessions()() as s:

@@ -36,8 +36,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     s = _settings()
-    uvicorn.run(create_app(s), host=args.host or s.api_host, port=args.port or s.api_port, log_config=None,
-                access_log=False, workers=1)
+    host, port = args.host or s.api_host, args.port or s.api_port
+    if args.workers > 1:
+        # several processes on one port: each builds its app from the environment (the factory
+        # configures logging the same way); the API keeps no state between requests
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_config=None, access_log=False,
+                    workers=args.workers)
+    else:
+        uvicorn.run(create_app(s), host=host, port=port, log_config=None, access_log=False, workers=1)
     return 0
 
 
@@ -211,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("api", help="serve the HTTP API")
     a.add_argument("--host")
     a.add_argument("--port", type=int)
+    a.add_argument("--workers", type=int, default=1, help="API processes (production: about one per core)")
     a.set_defaults(fn=cmd_api)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("search-attributes", help="register custom search attributes on a Temporal cluster").set_defaults(

@@ -70,3 +70,18 @@ def test_workers_serve_both_task_queues() -> None:
     assert services["worker"]["command"][-1] == "cases"
     assert services["ocr-worker"]["command"][-1] == "ocr"
     assert "api" in services["api"]["command"]
+
+
+def test_every_app_command_is_one_the_cli_accepts() -> None:
+    """The compose commands go through the real argument parser: a renamed or removed option
+    fails here, not at deployment."""
+    from aktenlauf.cli import build_parser
+
+    parser = build_parser()
+    for name in APP_SERVICES:
+        command = _compose()["services"][name]["command"]
+        assert command[0] == "aktenlauf", name
+        args = parser.parse_args(command[1:])
+        assert callable(args.fn), name
+    api = parser.parse_args(_compose()["services"]["api"]["command"][1:])
+    assert api.workers >= 2 and api.host == "0.0.0.0"  # several API processes per replica, reachable

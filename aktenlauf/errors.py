@@ -75,3 +75,15 @@ class Unavailable(AktenlaufError):
     retryable = True
     code = "unavailable"
     title = "A backing service is unavailable"
+
+
+class UnacceptableFile(InvalidInput):
+    """An upload of a supported type that cannot be filed as it is (damaged, encrypted, a
+    decompression bomb, an absurd image size); ``code`` says which (``pdf-encrypted``, ...)."""
+
+    code = "unacceptable-file"
+    title = "The file cannot be accepted"
+
+    def __init__(self, code: str, detail: str, **extra: object) -> None:
+        super().__init__(detail, **extra)
+        self.code = code

@@ -14,8 +14,24 @@ gigabytes of memory and tens of seconds.  Instead we judge files by what they
 * Images are opened lazily with Pillow, which reads only the header; the size
   is checked before anything calls ``load()``.
 
+* Every compressed stream of a PDF (content streams, fonts, images, object
+  streams, ...) is decoded *incrementally* (``zlib.decompressobj`` with
+  ``max_length``, LZW and RunLength likewise), counting the output and keeping
+  at most one chunk in memory, never trusting ``/Length`` or a declared size.
+  A stream that expands past its cap, or a file whose streams together do, is
+  refused as ``decompression_bomb`` (a 1 KB "flate bomb" that inflates to
+  256 MiB is refused after a few MiB, in milliseconds).  Caps: an image may
+  expand to twice its declared raw size (``/Width`` x ``/Height`` x components
+  x bits) plus 1 MiB; any other stream to ``max(8 MiB, 200 x its stored
+  size)``, at most 256 MiB; all streams together to
+  ``IntakeLimits.max_inflated_bytes`` (1 GiB).  The corpus in
+  ``shared/corpus/scans`` stays far below: its highest non-image stream
+  expands 700x to 128 KiB, its largest image (``enormous.pdf``, 9000 x 9000
+  RGB, 784x) to exactly its declared 243 MB, which costs ~0.8 s to verify.
+
 What this does not see (inline images inside content streams, images placed
-at absurd resolutions, streams that inflate to gigabytes) is bounded by the
+at absurd resolutions, streams qpdf itself must decode to parse the file,
+i.e. cross-reference and object streams) is bounded by the
 second line of defence in :mod:`intake.ocr`: the OCR child runs with
 ``RLIMIT_AS``/``RLIMIT_CPU`` and a wall-clock timeout, and
 :mod:`intake.ocr_job` re-checks the raster size ocrmypdf will actually use.
@@ -34,8 +50,12 @@ Encryption policy:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import warnings
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -69,7 +89,7 @@ class IntakeRejected(Exception):
     ``code`` is stable and machine-readable (``not_a_supported_file``,
     ``unreadable_pdf``, ``encrypted``, ``too_many_pages``, ``image_too_large``,
     ``file_too_large``, ``empty``, ``unsupported_pdf``, ``unreadable_image``,
-    ``unreadable_file``, and from the OCR step ``ocr_timeout``, ``ocr_failed``,
+    ``unreadable_file``, ``decompression_bomb``, and from the OCR step ``ocr_timeout``, ``ocr_failed``,
     ``resource_limit``, ``digitally_signed``).  ``reason`` is one or two plain
     English sentences a mailroom clerk can act on.
     """
@@ -94,6 +114,8 @@ class IntakeLimits:
     min_timeout_s: float = 60.0
     memory_limit_mb: int = 2048
     tesseract_threads: int = 1
+    #: All compressed streams of a PDF together, decoded (see :func:`_check_inflation`).
+    max_inflated_bytes: int = 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -123,10 +145,14 @@ def detect_kind(head: bytes) -> Kind | None:
     return None
 
 
-def inspect_file(path: Path, limits: IntakeLimits) -> InputInfo:
+def inspect_file(path: Path, limits: IntakeLimits, *, probe_text: bool = True) -> InputInfo:
     """Check a file cheaply and refuse it with :class:`IntakeRejected` if needed.
 
-    No image data is decoded; see the module docstring for what is checked.
+    No image data is decoded; see the module docstring for what is checked.  This one
+    function decides for the mailroom (before OCR, :func:`intake.ocr.run_ocr`) and for
+    uploaded case documents (``api.uploads.store_upload``); only the limits differ.
+    ``probe_text=False`` skips the text-layer probe (``has_text_layer`` is then False),
+    for callers that only want the verdict.
     """
     size = _file_size(path)
     if size == 0:
@@ -143,7 +169,10 @@ def inspect_file(path: Path, limits: IntakeLimits) -> InputInfo:
             "not_a_supported_file",
             "The file is not a PDF, PNG, TIFF or JPEG file, so it cannot be read.",
         )
-    info = _inspect_pdf(path, limits) if kind == "pdf" else _inspect_image(path, kind, limits)
+    if kind == "pdf":
+        info = _inspect_pdf(path, limits, probe_text=probe_text)
+    else:
+        info = _inspect_image(path, kind, limits)
     log.debug("intake.inspected", path=str(path), kind=info.kind, pages=info.pages,
               has_text_layer=info.has_text_layer, encrypted=info.encrypted,
               max_page_pixels=info.max_page_pixels)
@@ -244,7 +273,7 @@ def _frame_pixels(im: Image.Image, frames: int) -> Iterator[int]:
 # --------------------------------------------------------------------------- PDFs
 
 
-def _inspect_pdf(path: Path, limits: IntakeLimits) -> InputInfo:
+def _inspect_pdf(path: Path, limits: IntakeLimits, *, probe_text: bool) -> InputInfo:
     try:
         pdf = pikepdf.open(path)
     except pikepdf.PasswordError as exc:
@@ -260,7 +289,7 @@ def _inspect_pdf(path: Path, limits: IntakeLimits) -> InputInfo:
         ) from exc
     with pdf:
         try:
-            return _inspect_open_pdf(path, pdf, limits)
+            return _inspect_open_pdf(path, pdf, limits, probe_text=probe_text)
         except IntakeRejected:
             raise
         except Exception as exc:  # broken page tree, bad object types, ...
@@ -271,7 +300,8 @@ def _inspect_pdf(path: Path, limits: IntakeLimits) -> InputInfo:
             ) from exc
 
 
-def _inspect_open_pdf(path: Path, pdf: pikepdf.Pdf, limits: IntakeLimits) -> InputInfo:
+def _inspect_open_pdf(path: Path, pdf: pikepdf.Pdf, limits: IntakeLimits, *,
+                      probe_text: bool = True) -> InputInfo:
     pages = len(pdf.pages)
     _check_page_count(pages, limits)
     if bool(pdf.Root.get("/NeedsRendering", False)):
@@ -282,7 +312,11 @@ def _inspect_open_pdf(path: Path, pdf: pikepdf.Pdf, limits: IntakeLimits) -> Inp
         )
     page_pixels = [_page_pixels(page) for page in pdf.pages]
     largest = _check_pixels(page_pixels, limits)
-    return InputInfo(kind="pdf", pages=pages, has_text_layer=_has_text_layer(path),
+    # after the cheap declared-size checks, before anything (pypdf's text probe, the OCR
+    # child) decodes a content stream in one piece
+    _check_inflation(pdf, limits)
+    has_text = _has_text_layer(path) if probe_text else False
+    return InputInfo(kind="pdf", pages=pages, has_text_layer=has_text,
                      encrypted=pdf.is_encrypted, max_page_pixels=largest)
 
 
@@ -350,3 +384,309 @@ def _page_has_text(page: object) -> bool:
         return bool(page.extract_text().strip())  # type: ignore[attr-defined]
     except Exception:  # pypdf raises many types on odd content streams
         return False
+
+
+# --------------------------------------------------------------------------- compressed streams
+
+KIB = 1024
+#: Most output one decoding step produces: what a stream expands to never sits in memory.
+INFLATE_CHUNK = 1 * MIB
+#: Stored bytes handed to a decoder at a time.
+_FEED = 256 * KIB
+#: A stream that is not an image may expand this far without its ratio being judged ...
+STREAM_RATIO_FLOOR = 8 * MIB
+#: ... and beyond that to this many times its stored size (text, fonts: 2-10x) ...
+MAX_STREAM_RATIO = 200
+#: ... but never past this.
+MAX_STREAM_BYTES = 256 * MIB
+#: An image may expand to this many times its declared raw size, plus 1 MiB.
+IMAGE_SLACK = 2
+
+_BOMB_REASON = (
+    "The PDF contains packed data that would expand to an enormous size when opened "
+    "(a so-called decompression bomb), so it was not processed. Genuine scans and letters "
+    "never do this: do not try to open the file, and ask the sender for a normally saved copy."
+)
+_COMPONENTS = {"/DeviceGray": 1, "/CalGray": 1, "/G": 1, "/Indexed": 1, "/I": 1, "/Separation": 1,
+               "/Pattern": 1, "/DeviceRGB": 3, "/CalRGB": 3, "/RGB": 3, "/Lab": 3,
+               "/DeviceCMYK": 4, "/CMYK": 4}
+_WHITESPACE = re.compile(rb"[\x00\t\n\x0c\r ]+")
+
+
+class _Exploded(Exception):
+    def __init__(self, seen: int, cap: int) -> None:
+        super().__init__(f"{seen} > {cap}")
+        self.seen, self.cap = seen, cap
+
+
+def _check_inflation(pdf: pikepdf.Pdf, limits: IntakeLimits) -> None:
+    """Decode every compressed stream incrementally and refuse the file if one explodes.
+
+    Only what the generic filters (Flate, LZW, RunLength, ASCIIHex, ASCII85) produce is
+    counted: an image codec (DCT, JPX, JBIG2, CCITT) that follows is bounded by the declared
+    pixel checks, and a stream that starts with none of them is never expanded here.
+    """
+    total = 0
+    for obj in pdf.objects:
+        if not isinstance(obj, pikepdf.Stream):
+            continue
+        filters = _filter_chain(obj)
+        if not filters or filters[0][0] not in _DECODERS:
+            continue
+        try:
+            stored = obj.read_raw_bytes()  # as stored (decrypted, not decoded): at most the file
+        except pikepdf.PdfError:  # qpdf cannot find its data either: nothing to expand
+            log.info("intake.stream_unreadable", object=str(obj.objgen))
+            continue
+        cap = min(_stream_cap(obj, len(stored)), limits.max_inflated_bytes - total)
+        try:
+            for piece in _decode_chain(_pieces(stored), filters, cap):
+                total += len(piece)
+        except _Exploded as exc:
+            log.warning("intake.decompression_bomb", object=str(obj.objgen), stored=len(stored),
+                        decoded_at_least=exc.seen, cap=exc.cap, decoded_before=total,
+                        total_cap=limits.max_inflated_bytes)
+            raise IntakeRejected("decompression_bomb", _BOMB_REASON) from None
+
+
+def _filter_chain(stream: pikepdf.Stream) -> list[tuple[str, object]]:
+    """``(filter name, its /DecodeParms)`` in the order they are applied when decoding."""
+    names = stream.get("/Filter")
+    parms = stream.get("/DecodeParms")
+    if isinstance(names, pikepdf.Name):
+        names = [names]
+    elif not isinstance(names, pikepdf.Array):
+        return []
+    parms_list = list(parms) if isinstance(parms, pikepdf.Array) else [parms] * len(names)
+    return [(str(name), parms_list[index] if index < len(parms_list) else None)
+            for index, name in enumerate(names)]
+
+
+def _stream_cap(stream: pikepdf.Stream, stored: int) -> int:
+    if _is_image(stream):
+        return IMAGE_SLACK * _declared_image_bytes(stream) + MIB
+    return min(MAX_STREAM_BYTES, max(STREAM_RATIO_FLOOR, MAX_STREAM_RATIO * stored))
+
+
+def _is_image(stream: pikepdf.Stream) -> bool:
+    if stream.get("/Subtype") == pikepdf.Name.Image:
+        return True
+    # thumbnails and sloppy producers: image dictionaries without /Subtype
+    return "/Width" in stream and "/Height" in stream and "/Type" not in stream
+
+
+def _declared_image_bytes(image: pikepdf.Stream) -> int:
+    """Raw size the image declares (rows padded to bytes, one predictor byte per row)."""
+    width, height = _declared_int(image, "/Width"), _declared_int(image, "/Height")
+    if bool(image.get("/ImageMask", False)):
+        components, bits = 1, 1
+    else:
+        components = _components(image.get("/ColorSpace"))
+        bits = min(max(_declared_int(image, "/BitsPerComponent") or 8, 1), 16)
+    return height * ((width * components * bits + 7) // 8 + 1)
+
+
+def _components(space: object, depth: int = 0) -> int:
+    """Colour components of a colour space; 4 (the most of the usual ones) when unknown."""
+    if isinstance(space, pikepdf.Name):
+        return _COMPONENTS.get(str(space), 4)
+    if isinstance(space, pikepdf.Array) and len(space) and depth < 4:
+        family = str(space[0])
+        if family == "/ICCBased" and len(space) > 1 and isinstance(space[1], pikepdf.Stream):
+            return min(max(_declared_int(space[1], "/N") or 4, 1), 32)
+        if family == "/DeviceN" and len(space) > 1 and isinstance(space[1], pikepdf.Array):
+            return min(max(len(space[1]), 1), 32)
+        if family in _COMPONENTS:
+            return _COMPONENTS[family]
+    return 4
+
+
+def _pieces(data: bytes) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), _FEED):
+        yield view[start:start + _FEED]
+
+
+def _decode_chain(chunks: Iterable[bytes | memoryview], filters: list[tuple[str, object]],
+                  cap: int) -> Iterator[bytes | memoryview]:
+    """Chain lazy decoders; stop at the first filter that is not a generic one.
+
+    Every intermediate stage is held to ``cap`` too, so a bomb inside a chain cannot hide
+    behind a filter that shrinks again.
+    """
+    stream: Iterable[bytes | memoryview] = chunks
+    for name, parms in filters:
+        decoder = _DECODERS.get(name)
+        if decoder is None:  # an image codec or an unknown filter: count what enters it
+            break
+        stream = _capped(decoder(stream, parms), cap)
+    return iter(stream)
+
+
+def _capped(chunks: Iterable[bytes], cap: int) -> Iterator[bytes]:
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > cap:
+            raise _Exploded(seen, cap)
+        yield chunk
+
+
+def _inflate(chunks: Iterable[bytes | memoryview], parms: object) -> Iterator[bytes]:
+    """FlateDecode, at most INFLATE_CHUNK bytes per step; a damaged stream ends where it breaks."""
+    decomp: zlib._Decompress | None = None
+    try:
+        for chunk in chunks:
+            data: bytes | memoryview = chunk
+            if decomp is None:
+                if not len(data):
+                    continue
+                head = bytes(data[:2])
+                zlib_header = len(head) == 2 and head[0] & 0x0F == 8 and int.from_bytes(head, "big") % 31 == 0
+                decomp = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+            while True:
+                out = decomp.decompress(data, INFLATE_CHUNK)
+                if out:
+                    yield out
+                if decomp.eof:
+                    return
+                data = decomp.unconsumed_tail
+                if not data and len(out) < INFLATE_CHUNK:
+                    break
+        if decomp is not None:
+            rest = decomp.flush()
+            if rest:
+                yield rest
+    except zlib.error:
+        return
+
+
+def _lzw(chunks: Iterable[bytes | memoryview], parms: object) -> Iterator[bytes]:
+    """LZWDecode (MSB first, 9-12 bit codes, /EarlyChange), in pieces of about INFLATE_CHUNK."""
+    early = 1
+    if isinstance(parms, pikepdf.Dictionary) and "/EarlyChange" in parms:
+        early = 0 if _declared_int(parms, "/EarlyChange") == 0 else 1
+    table: list[bytes] = []
+    width, bitbuf, nbits, prev = 9, 0, 0, b""
+    out = bytearray()
+
+    def reset() -> None:
+        nonlocal width, prev
+        table[:] = [bytes([i]) for i in range(256)] + [b"", b""]
+        width, prev = 9, b""
+
+    reset()
+    for chunk in chunks:
+        for byte in bytes(chunk):
+            bitbuf = (bitbuf << 8) | byte
+            nbits += 8
+            if nbits < width:
+                continue
+            nbits -= width
+            code = bitbuf >> nbits
+            bitbuf &= (1 << nbits) - 1
+            if code == 256:
+                reset()
+                continue
+            if code == 257:
+                if out:
+                    yield bytes(out)
+                return
+            if code < len(table):
+                entry = table[code]
+                if prev and len(table) < 4096:
+                    table.append(prev + entry[:1])
+            elif code == len(table) and prev and len(table) < 4096:
+                entry = prev + prev[:1]
+                table.append(entry)
+            else:  # corrupt: end here, as readers do
+                if out:
+                    yield bytes(out)
+                return
+            out += entry
+            prev = entry
+            if width < 12 and len(table) + early >= (1 << width):
+                width += 1
+            if len(out) >= INFLATE_CHUNK:
+                yield bytes(out)
+                out.clear()
+    if out:
+        yield bytes(out)
+
+
+def _run_length(chunks: Iterable[bytes | memoryview], parms: object) -> Iterator[bytes]:
+    """RunLengthDecode: a length byte, then literal bytes or one byte repeated (at most 128)."""
+    pending = b""
+    out = bytearray()
+    for chunk in chunks:
+        data = pending + bytes(chunk)
+        pos = 0
+        while pos < len(data):
+            length = data[pos]
+            if length == 128:
+                if out:
+                    yield bytes(out)
+                return
+            if length < 128:
+                if pos + 1 + length + 1 > len(data):
+                    break
+                out += data[pos + 1:pos + 2 + length]
+                pos += 2 + length
+            else:
+                if pos + 1 >= len(data):
+                    break
+                out += data[pos + 1:pos + 2] * (257 - length)
+                pos += 2
+            if len(out) >= INFLATE_CHUNK:
+                yield bytes(out)
+                out.clear()
+        pending = data[pos:]
+    if out:
+        yield bytes(out)
+
+
+def _ascii_hex(chunks: Iterable[bytes | memoryview], parms: object) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        data = pending + _WHITESPACE.sub(b"", bytes(chunk))
+        end = data.find(b">")
+        if end >= 0:
+            data = data[:end]
+            if len(data) % 2:
+                data += b"0"
+        usable = len(data) - len(data) % 2
+        try:
+            yield binascii.unhexlify(data[:usable])
+        except (binascii.Error, ValueError):
+            return
+        if end >= 0:
+            return
+        pending = data[usable:]
+
+
+def _ascii85(chunks: Iterable[bytes | memoryview], parms: object) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        data = pending + _WHITESPACE.sub(b"", bytes(chunk)).replace(b"z", b"!!!!!")
+        if data.startswith(b"<~"):
+            data = data[2:]
+        end = data.find(b"~")
+        if end >= 0:
+            data = data[:end]
+        usable = len(data) if end >= 0 else len(data) - len(data) % 5
+        try:
+            yield base64.a85decode(data[:usable])
+        except ValueError:
+            return
+        if end >= 0:
+            return
+        pending = data[usable:]
+
+
+_DECODERS = {
+    "/FlateDecode": _inflate, "/Fl": _inflate,
+    "/LZWDecode": _lzw, "/LZW": _lzw,
+    "/RunLengthDecode": _run_length, "/RL": _run_length,
+    "/ASCIIHexDecode": _ascii_hex, "/AHx": _ascii_hex,
+    "/ASCII85Decode": _ascii85, "/A85": _ascii85,
+}

@@ -48,7 +48,7 @@ async def upload_scans(ctx: Ctx, p: CurrentPrincipal,
     received_at = dt.datetime.now(dt.UTC).isoformat()
     try:
         for f in files:  # check and store all first: a bad file refuses the whole batch
-            refs.append(await store_upload(ctx, f))
+            refs.append(await store_upload(ctx, f, inspect=False))  # the OCR step inspects it (and keeps it)
     except Exception:
         for r in refs:
             await discard_if_unreferenced(ctx, r)

@@ -15,6 +15,23 @@ HUND = "99021005001000"         # Hundeanmeldung: no decision, no fee, certifica
 MAENGEL = "99107010001000"      # Mängelmeldung: no fee, no certificate
 
 
+def _small_pdf() -> bytes:
+    """A small valid one-page PDF with a text layer (uploads are opened and checked)."""
+    import io
+
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, invariant=1)
+    c.drawString(72, 720, "Nachweis der Hundehaftpflichtversicherung")
+    c.showPage()
+    c.save()
+    return buf.getvalue()
+
+
+PDF = _small_pdf()
+
+
 def application(service_key: str | None = MELDE, name: str = "Erika Mustermann", **form: str) -> dict[str, Any]:
     return {
         "service_key": service_key,

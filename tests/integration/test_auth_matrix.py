@@ -30,9 +30,8 @@ from sqlalchemy import select
 
 from api.auth import current_principal
 from eakte.models import Vorgang
-from tests.integration.helpers import MELDE, application, wait_for_case
+from tests.integration.helpers import MELDE, PDF, application, wait_for_case
 
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 ALL = frozenset({"integrator", "clerk", "mailroom", "admin", "archivist"})
 
 # Routes anyone may call without a bearer token, and why.

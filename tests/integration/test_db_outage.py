@@ -37,7 +37,7 @@ from activities.payment import sign
 from eakte.audit import verify_chain
 from eakte.models import Akte, Dispatch, Dokument, SandboxPayment, Vorgang
 from tests.conftest import Stack, running_stack
-from tests.integration.helpers import HUND, MELDE, application, pay, wait_for_case
+from tests.integration.helpers import HUND, MELDE, PDF, application, pay, wait_for_case
 from tests.servers import PrivatePostgres, require_server
 from workflows import contracts as c
 from workflows.case import CaseWorkflow
@@ -256,7 +256,7 @@ async def test_a_clean_database_stop_the_clerk_retries_and_the_case_finishes(pg_
                 ("GET", f"/v1/documents/{antrag}", clerk, {}),
                 ("GET", f"/v1/documents/{antrag}/content", clerk, {}),
                 ("POST", f"/v1/cases/{case_id}/documents", portal,
-                 {"files": {"file": ("nachweis.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")}}),
+                 {"files": {"file": ("nachweis.pdf", PDF, "application/pdf")}}),
                 ("POST", f"/v1/cases/{case_id}/notes", clerk, {"json": {"text": "Rückruf vereinbart"}}),
                 ("GET", "/v1/search?q=Antrag", clerk, {}),
                 ("GET", f"/v1/akten?aktenzeichen={aktenzeichen}", clerk, {}),

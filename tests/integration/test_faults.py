@@ -23,10 +23,9 @@ from aktenlauf import devstack
 from aktenlauf.embedded import ApiServer
 from eakte.models import Akte, Dispatch, Dokument, Vorgang
 from tests.conftest import Stack, fresh_database, running_stack, stack_settings
-from tests.integration.helpers import HUND, MELDE, application, wait_for_case
+from tests.integration.helpers import HUND, MELDE, PDF, application, wait_for_case
 from tests.servers import TEST_S3_ACCESS_KEY, TEST_S3_SECRET_KEY
 
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 
 
 @dataclass

@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from eakte.models import Akte, AuditEvent, Vorgang
-from tests.integration.helpers import HUND, MELDE, application, wait_for_case
+from tests.integration.helpers import HUND, MELDE, PDF, application, wait_for_case
 
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 
 
 def pdf(tag: str) -> bytes:
@@ -169,7 +168,11 @@ async def test_a_change_is_a_new_version_and_earlier_versions_stay_readable(stac
         r = await http.post(f"/v1/documents/{melde['doc']}/versions", headers=portal, files=files,
                             data={"reason": "Rückseite fehlte"})
         assert r.status_code == 201, r.text
-        png = {"file": ("foto.png", io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 64), "image/png")}
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), "white").save(buf, "PNG")
+        png = {"file": ("foto.png", io.BytesIO(buf.getvalue()), "image/png")}  # a real PNG: only the type differs
         r = await http.post(f"/v1/documents/{melde['doc']}/versions", headers=portal, files=png,
                             data={"reason": "anderes Format"})
         assert r.status_code == 415

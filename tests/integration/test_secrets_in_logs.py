@@ -17,9 +17,8 @@ import pytest
 import structlog
 
 from aktenlauf.logging import REDACTED, configure_logging, register_secrets, secret_values
-from tests.integration.helpers import MELDE, application, pay, wait_for_case
+from tests.integration.helpers import MELDE, PDF, application, pay, wait_for_case
 
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 
 
 @pytest.fixture

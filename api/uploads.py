@@ -5,7 +5,6 @@ of the stored object again when the workflow refuses the document."""
 from __future__ import annotations
 
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aktenlauf.errors import AktenlaufError, InvalidInput, PayloadTooLarge, UnacceptableFile, UnsupportedMediaType
 from api.context import ApiContext
-from eakte.blobstore import BlobRef
+from eakte.blobstore import BlobRef, TooLarge
 from eakte.verify import is_referenced
 from intake.sniff import IntakeLimits, IntakeRejected, detect_kind, inspect_file
 from workflows.contracts import DocumentRef
@@ -134,22 +133,13 @@ async def store_upload(ctx: ApiContext, upload: UploadFile, *, inspect: bool = T
 
 
 def _inspect_and_put(ctx: ApiContext, source: BinaryIO, kind: str, limit: int, too_large: str) -> BlobRef:
-    """Spool to a private file (counting), inspect it, and only then store it."""
-    with tempfile.TemporaryDirectory(prefix="aktenlauf-inspect-") as tmp:
-        path = Path(tmp) / f"upload.{kind}"
-        with path.open("wb") as spool:
-            copied = 0
-            while chunk := source.read(1024 * 1024):
-                copied += len(chunk)
-                if copied > limit:
-                    raise PayloadTooLarge(too_large)
-                spool.write(chunk)
-        check_file(path, limit)
-        with path.open("rb") as fh:
-            try:
-                return ctx.store.put_stream(fh, CONTENT_TYPES[kind], max_bytes=limit)
-            except ValueError as exc:
-                raise PayloadTooLarge(too_large) from exc
+    """Spool to a private file (counting and hashing once), inspect it, and only then store it."""
+    try:
+        with ctx.store.spool(source, max_bytes=limit, suffix=f".{kind}") as spooled:
+            check_file(spooled.path, limit)
+            return ctx.store.put_spooled(spooled, CONTENT_TYPES[kind])
+    except TooLarge as exc:  # more than max_bytes arrived
+        raise PayloadTooLarge(too_large) from exc
 
 
 def check_file(path: Path, max_bytes: int) -> None:

@@ -102,7 +102,8 @@ def build_workers(client: Client, deps: Dependencies, queues: Sequence[str],
         workers.append(Worker(client, task_queue=s.task_queue, workflows=WORKFLOWS,
                               activities=case_activities(deps) + disposal_activities(deps), activity_executor=executor,
                               max_concurrent_activities=16, graceful_shutdown_timeout=timedelta(seconds=10),
-                              interceptors=interceptors, workflow_runner=WORKFLOW_RUNNER))
+                              interceptors=interceptors, workflow_runner=WORKFLOW_RUNNER,
+                              max_cached_workflows=s.workflow_cache_size))
     if "ocr" in queues:
         workers.append(Worker(client, task_queue=s.ocr_task_queue, activities=ocr_activities(deps),
                               max_concurrent_activities=max(1, s.ocr_concurrency),

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # how long a clerk's or integrator's change (decision, document, routing) waits for the case
     # to carry it out before the API answers 503 (the change may still happen: check the case)
     update_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    # workflows a case worker keeps in memory between steps (~150 KiB each, bench/open_cases.py);
+    # an evicted case is replayed from its short history when it moves again
+    workflow_cache_size: int = Field(default=1000, ge=0, le=100_000)
     # repeated views of one case by one caller within this window are covered by one audit event
     # (per API process); 0 audits every view. Document downloads are always audited one by one.
     audit_read_window_s: int = Field(default=300, ge=0, le=3600)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import scratch_database, start_api  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import WorkerThread  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
@@ -151,16 +153,6 @@ def seed_open_cases(settings: Settings, n: int) -> list[str]:
     return ids
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[name.upper()] = str(value)
-    env["LOG_LEVEL"] = "WARNING"
-    env["LOG_FORMAT"] = "json"
-    return env
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", help="default: a fresh SQLite file; PostgreSQL: a server URL (own database)")
@@ -177,20 +169,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="aktenlauf-apiload-"))
     procs: list[devstack.ManagedProcess] = []
-    pg_admin, db_name = None, None
-    url = args.database_url
-    if url and url.startswith("postgresql"):
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        db_name = f"aktenlauf_apiload_{uuid.uuid4().hex[:8]}"
-        u = make_url(url)
-        pg_admin = psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                                   dbname=u.database or "postgres", autocommit=True)
-        pg_admin.execute(f'CREATE DATABASE "{db_name}"')
-        url = str(u.set(database=db_name).render_as_string(hide_password=False))
-    else:
-        url = f"sqlite:///{tmp / 'aktenlauf.db'}"
+    scratch = contextlib.ExitStack()
+    url = scratch.enter_context(scratch_database(args.database_url, tmp, "aktenlauf_apiload"))
     worker = None
     try:
         temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), headless=True,
@@ -207,26 +187,12 @@ def main() -> None:
         migrate(url)
         t = time.perf_counter()
         ids = seed_open_cases(settings, args.cases)
-        print(f"database: {'PostgreSQL' if db_name else 'SQLite'}; {args.cases} open cases seeded in "
+        print(f"database: {'PostgreSQL' if url.startswith('postgresql') else 'SQLite'}; {args.cases} open cases seeded in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
-        api = devstack.ManagedProcess(
-            [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(args.workers), "--no-access-log", "--log-level", "warning"],
-            log_file=tmp / "api.log", env=_env(settings))
-        procs.append(api)
         worker = WorkerThread(settings, queues=("cases",))
         worker.start()
+        procs.append(start_api(settings, port, tmp / "api.log", workers=args.workers))
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the API did not become ready; see {tmp / 'api.log'}")
-            time.sleep(0.3)
 
         portal = {"Authorization": f"Bearer {mint_token(settings, 'portal-load', ['integrator'])}"}
         clerk = {"Authorization": f"Bearer {mint_token(settings, 'clerk-load', ['clerk'], ['buergerbuero'])}"}
@@ -264,9 +230,7 @@ def main() -> None:
             worker.stop()
         for p in reversed(procs):
             p.stop()
-        if pg_admin is not None and db_name:
-            pg_admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-            pg_admin.close()
+        scratch.close()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import concurrent.futures
 import statistics
 import sys
@@ -30,6 +31,7 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import scratch_database  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import ApiServer, WorkerThread  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
@@ -148,9 +150,10 @@ async def main() -> None:
                                            headless=True)
     s3 = devstack.start_seaweedfs(tmp / "s3", s3_port=devstack.free_port(), access_key="bench",
                                   secret_key="bench-secret", log_file=tmp / "s3.log")
+    scratch = contextlib.ExitStack()
     try:
         port = devstack.free_port()
-        db_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+        db_url = scratch.enter_context(scratch_database(args.database_url, tmp, "aktenlauf_throughput"))
         migrate(db_url)
         settings = Settings(environment="test", database_url=db_url, temporal_address=temporal.address,
                             s3_endpoint=s3.endpoint, s3_access_key="bench", s3_secret_key="bench-secret",
@@ -176,6 +179,7 @@ async def main() -> None:
         worker.stop()
         api.stop()
     finally:
+        scratch.close()  # a PostgreSQL scratch database is dropped (never the one --database-url names)
         s3.process.stop()
         temporal.process.stop()
 

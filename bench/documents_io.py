@@ -47,6 +47,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import start_api  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import WorkerThread  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
@@ -243,16 +244,6 @@ PROFILED_API = textwrap.dedent("""
 """)
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[name.upper()] = str(value)
-    env["LOG_LEVEL"] = "WARNING"
-    env["LOG_FORMAT"] = "json"
-    return env
-
-
 def print_profile(path: Path, top: int, clock: str) -> None:
     import pstats
 
@@ -311,27 +302,14 @@ def main() -> None:
                             public_base_url=f"http://127.0.0.1:{port}", task_queue="docio-cases",
                             ocr_task_queue="docio-ocr", disposal_schedule_enabled=False)
         migrate(url)
+        cmd = None
         if args.profile:
             cmd = [sys.executable, "-c", PROFILED_API.format(root=str(ROOT), port=port, out=str(prof_out),
                                                              clock=args.profile_clock)]
-        else:
-            cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-                   "--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"]
-        api = devstack.ManagedProcess(cmd, log_file=tmp / "api.log", env=_env(settings), cwd=ROOT)
-        procs.append(api)
         worker = WorkerThread(settings, queues=("cases",))
         worker.start()
+        procs.append(start_api(settings, port, tmp / "api.log", command=cmd))
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the API did not become ready; see {tmp / 'api.log'}")
-            time.sleep(0.3)
 
         token = mint_token(settings, "portal-docio", ["integrator"])
         body = {"service_key": MELDE, "applicant": {"name": "Ida Owe", "address_lines": ["Weg 1", "12345 Musterstadt"]},

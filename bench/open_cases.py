@@ -23,6 +23,7 @@ type, and the same for --complete cases after approval and payment); the databas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import hashlib
 import inspect
@@ -50,6 +51,7 @@ from temporalio.worker import Worker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import child_env, scratch_database  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import ApiServer  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
@@ -156,16 +158,6 @@ def db_size(url: str, sessions: Any) -> int:
 # ----------------------------------------------------------------------------- the worker process
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[name.upper()] = str(value)
-    env["LOG_LEVEL"] = "WARNING"
-    env["LOG_FORMAT"] = "json"
-    return env
-
-
 async def wait_for_pollers(client: Client, queue: str, worker: devstack.ManagedProcess, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -267,7 +259,7 @@ async def run(args: argparse.Namespace, tmp: Path, db_url: str) -> None:
         api = ApiServer(create_app(settings), port)
         api.start()
         worker = devstack.ManagedProcess([sys.executable, "-m", "aktenlauf.cli", "worker", "--queues", "cases"],
-                                         log_file=tmp / "worker.log", env=worker_env(settings), cwd=ROOT)
+                                         log_file=tmp / "worker.log", env=child_env(settings), cwd=ROOT)
         procs.append(worker)
         client = await connect(settings)
         await wait_for_pollers(client, settings.task_queue, worker)
@@ -418,26 +410,12 @@ def main() -> None:
 
     configure_logging("WARNING", "console")
     tmp = Path(tempfile.mkdtemp(prefix="aktenlauf-opencases-"))
-    pg_admin, db_name = None, None
-    url = args.database_url
-    if url and url.startswith("postgresql"):
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        db_name = f"aktenlauf_open_{uuid.uuid4().hex[:8]}"
-        u = make_url(url)
-        pg_admin = psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                                   dbname=u.database or "postgres", autocommit=True)
-        pg_admin.execute(f'CREATE DATABASE "{db_name}"')
-        url = str(u.set(database=db_name).render_as_string(hide_password=False))
-    else:
-        url = url or f"sqlite:///{tmp / 'bench.db'}"
+    scratch = contextlib.ExitStack()
+    url = scratch.enter_context(scratch_database(args.database_url, tmp, "aktenlauf_open"))
     try:
         asyncio.run(run(args, tmp, url))
     finally:
-        if pg_admin is not None and db_name:
-            pg_admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-            pg_admin.close()
+        scratch.close()
 
 
 if __name__ == "__main__":

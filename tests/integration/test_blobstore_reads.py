@@ -21,14 +21,18 @@ from tests.integration.helpers import MELDE, application, wait_for_case
 BIG = 2 * READ_CHUNK + 12_345  # three chunks, the last one short
 
 
-def _forge_one_byte(store, key: str) -> None:  # type: ignore[no-untyped-def]
-    """Flip one byte in the middle, behind the eAkte's back: same size, other hash."""
+def _forge_one_byte(store, key: str) -> bytes:  # type: ignore[no-untyped-def]
+    """Flip one byte in the middle, behind the eAkte's back: same size, other hash. Returns the
+    original bytes, for tests whose object a recorded Version points to (restore them: later
+    tests check every stored version of the shared stack)."""
     resp = store.client.get_object(store.bucket, key)
-    data = bytearray(resp.read())
+    original = resp.read()
     resp.close()
     resp.release_conn()
+    data = bytearray(original)
     data[len(data) // 2] ^= 0x01
     store.client.put_object(store.bucket, key, io.BytesIO(bytes(data)), len(data))
+    return original
 
 
 def _png(size: int) -> bytes:
@@ -122,9 +126,13 @@ async def test_a_large_document_downloads_whole_and_a_forged_one_answers_500_wit
         assert dl.content == payload and dl.headers["x-content-sha256"] == sha
         assert int(dl.headers["content-length"]) == len(payload)
 
-        _forge_one_byte(stack.store(), object_key(sha))
-        bad = await http.get(f"/v1/documents/{doc_id}/content", headers=portal)
-        assert bad.status_code == 500
-        assert bad.headers["content-type"].startswith("application/problem+json")
-        assert bad.json()["type"].endswith("integrity-violation")
-        assert len(bad.content) < 4096  # a problem document, not the object's bytes
+        store = stack.store()
+        original = _forge_one_byte(store, object_key(sha))
+        try:
+            bad = await http.get(f"/v1/documents/{doc_id}/content", headers=portal)
+            assert bad.status_code == 500
+            assert bad.headers["content-type"].startswith("application/problem+json")
+            assert bad.json()["type"].endswith("integrity-violation")
+            assert len(bad.content) < 4096  # a problem document, not the object's bytes
+        finally:
+            store.client.put_object(store.bucket, object_key(sha), io.BytesIO(original), len(original))

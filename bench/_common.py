@@ -76,3 +76,32 @@ def start_api(settings: Settings, port: int, log_file: Path, *, workers: int = 1
 
 def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+S3_KEY, S3_SECRET = "bench", "bench-secret-bench"
+
+
+def start_servers(tmp: Path, procs: list[devstack.ManagedProcess]) -> tuple[devstack.TemporalDev, devstack.SeaweedS3]:
+    """A Temporal dev server (with the search attributes) and SeaweedFS of the benchmark's own;
+    their processes are appended to ``procs`` for the caller to stop."""
+    from workflows.search import ALL as SEARCH_ATTRIBUTES
+
+    temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), ui_port=None, headless=True,
+                                           search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log")
+    procs.append(temporal.process)
+    s3 = devstack.start_seaweedfs(tmp / "s3", s3_port=devstack.free_port(), access_key=S3_KEY, secret_key=S3_SECRET,
+                                  log_file=tmp / "s3.log")
+    procs.append(s3.process)
+    return temporal, s3
+
+
+def bench_settings(url: str, temporal: devstack.TemporalDev, s3: devstack.SeaweedS3, port: int, name: str,
+                   **overrides: object) -> Settings:
+    """Settings for a benchmark's stack: its own task queues and a paused disposal schedule."""
+    values: dict[str, object] = dict(
+        environment="test", database_url=url, temporal_address=temporal.address, s3_endpoint=s3.endpoint,
+        s3_access_key=S3_KEY, s3_secret_key=S3_SECRET, public_base_url=f"http://127.0.0.1:{port}",
+        task_queue=f"{name}-cases", ocr_task_queue=f"{name}-ocr", disposal_schedule_enabled=False,
+        disposal_schedule_id=f"{name}-disposal", log_level="WARNING")
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

@@ -38,11 +38,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import scratch_database, start_api  # noqa: E402
+from _common import bench_settings, scratch_database, start_api, start_servers  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import WorkerThread  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
-from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
 
 MELDE = "99115005012000"
 
@@ -173,17 +172,9 @@ def main() -> None:
     url = scratch.enter_context(scratch_database(args.database_url, tmp, "aktenlauf_apiload"))
     worker = None
     try:
-        temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), headless=True,
-                                               search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log")
-        procs.append(temporal.process)
-        weed = devstack.start_seaweedfs(tmp / "weed", s3_port=devstack.free_port(), access_key="loadkey",
-                                        secret_key="loadsecret-loadsecret", log_file=tmp / "weed.log")
-        procs.append(weed.process)
+        temporal, s3 = start_servers(tmp, procs)
         port = devstack.free_port()
-        settings = Settings(environment="test", database_url=url, temporal_address=temporal.address,
-                            s3_endpoint=weed.endpoint, s3_access_key="loadkey", s3_secret_key="loadsecret-loadsecret",
-                            public_base_url=f"http://127.0.0.1:{port}", task_queue="load-cases",
-                            ocr_task_queue="load-ocr", disposal_schedule_enabled=False)
+        settings = bench_settings(url, temporal, s3, port, "load")
         migrate(url)
         t = time.perf_counter()
         ids = seed_open_cases(settings, args.cases)

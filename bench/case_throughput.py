@@ -31,13 +31,12 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import scratch_database  # noqa: E402
+from _common import bench_settings, scratch_database, start_servers  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import ApiServer, WorkerThread  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
 from aktenlauf.temporal import connect  # noqa: E402
 from workflows.contracts import CaseResult  # noqa: E402
-from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
 
 from bare_workflow import BareCase, BareDecision, bare_step  # noqa: E402
 
@@ -145,19 +144,14 @@ async def main() -> None:
 
     configure_logging("WARNING", "console")
     tmp = Path(tempfile.mkdtemp(prefix="aktenlauf-bench-"))
-    temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), ui_port=None,
-                                           search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log",
-                                           headless=True)
-    s3 = devstack.start_seaweedfs(tmp / "s3", s3_port=devstack.free_port(), access_key="bench",
-                                  secret_key="bench-secret", log_file=tmp / "s3.log")
+    procs: list[devstack.ManagedProcess] = []
+    temporal, s3 = start_servers(tmp, procs)
     scratch = contextlib.ExitStack()
     try:
         port = devstack.free_port()
         db_url = scratch.enter_context(scratch_database(args.database_url, tmp, "aktenlauf_throughput"))
         migrate(db_url)
-        settings = Settings(environment="test", database_url=db_url, temporal_address=temporal.address,
-                            s3_endpoint=s3.endpoint, s3_access_key="bench", s3_secret_key="bench-secret",
-                            s3_bucket="bench", public_base_url=f"http://127.0.0.1:{port}", log_level="WARNING")
+        settings = bench_settings(db_url, temporal, s3, port, "throughput", s3_bucket="bench")
         from api.app import create_app
 
         api = ApiServer(create_app(settings), port)

@@ -47,11 +47,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import start_api  # noqa: E402
+from _common import bench_settings, start_api, start_servers  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import WorkerThread  # noqa: E402
-from aktenlauf.settings import Settings  # noqa: E402
-from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
 
 MELDE = "99115005012000"
 MIB = 1024 * 1024
@@ -290,17 +288,9 @@ def main() -> None:
     worker = None
     prof_out = tmp / "api.pstat"
     try:
-        temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), headless=True,
-                                               search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log")
-        procs.append(temporal.process)
-        weed = devstack.start_seaweedfs(tmp / "weed", s3_port=devstack.free_port(), access_key="iokey",
-                                        secret_key="iosecret-iosecret", log_file=tmp / "weed.log")
-        procs.append(weed.process)
+        temporal, weed = start_servers(tmp, procs)
         port = devstack.free_port()
-        settings = Settings(environment="test", database_url=url, temporal_address=temporal.address,
-                            s3_endpoint=weed.endpoint, s3_access_key="iokey", s3_secret_key="iosecret-iosecret",
-                            public_base_url=f"http://127.0.0.1:{port}", task_queue="docio-cases",
-                            ocr_task_queue="docio-ocr", disposal_schedule_enabled=False)
+        settings = bench_settings(url, temporal, weed, port, "docio")
         migrate(url)
         cmd = None
         if args.profile:
@@ -324,7 +314,7 @@ def main() -> None:
 
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(1) as pool:
-            results = pool.apply(run_client, (base, token, case_id, (weed.endpoint, "iokey", "iosecret-iosecret"),
+            results = pool.apply(run_client, (base, token, case_id, (weed.endpoint, settings.s3_access_key, settings.s3_secret_key),
                                               args.kind, sizes, reps, args.warmup, args.client))
 
         print(f"\n{'size':>8} {'operation':14} {'n':>4} {'MiB/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'mean ms':>8}")

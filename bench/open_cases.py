@@ -51,14 +51,13 @@ from temporalio.worker import Worker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import child_env, scratch_database  # noqa: E402
+from _common import bench_settings, child_env, scratch_database, start_servers  # noqa: E402
 from aktenlauf import devstack  # noqa: E402
 from aktenlauf.embedded import ApiServer  # noqa: E402
 from aktenlauf.settings import Settings  # noqa: E402
 from workflows import contracts as c  # noqa: E402
 from workflows import search  # noqa: E402
 from workflows.case import CaseWorkflow  # noqa: E402
-from workflows.search import ALL as SEARCH_ATTRIBUTES  # noqa: E402
 
 MELDE = "99115005012000"  # Meldebescheinigung: decision, fee 10,00 EUR, certificate
 MILESTONES = (0, 100, 500, 1000, 1500, 2500, 5000, 7500, 10000)  # memory samples (those up to --cases, and --cases)
@@ -240,20 +239,10 @@ async def run(args: argparse.Namespace, tmp: Path, db_url: str) -> None:
     procs: list[devstack.ManagedProcess] = []
     api: ApiServer | None = None
     try:
-        temporal = devstack.start_temporal_dev(tmp / "temporal", port=devstack.free_port(), ui_port=None,
-                                               search_attributes=SEARCH_ATTRIBUTES, log_file=tmp / "temporal.log",
-                                               headless=True)
-        procs.append(temporal.process)
-        s3 = devstack.start_seaweedfs(tmp / "s3", s3_port=devstack.free_port(), access_key="bench",
-                                      secret_key="bench-secret-bench", log_file=tmp / "s3.log")
-        procs.append(s3.process)
+        temporal, s3 = start_servers(tmp, procs)
         migrate(db_url)
         port = devstack.free_port()
-        settings = Settings(environment="test", database_url=db_url, temporal_address=temporal.address,
-                            s3_endpoint=s3.endpoint, s3_access_key="bench", s3_secret_key="bench-secret-bench",
-                            s3_bucket="bench", public_base_url=f"http://127.0.0.1:{port}", log_level="WARNING",
-                            task_queue="open-cases", ocr_task_queue="open-ocr", disposal_schedule_enabled=False,
-                            disposal_schedule_id="open-cases-disposal")
+        settings = bench_settings(db_url, temporal, s3, port, "open", s3_bucket="bench")
         from api.app import create_app
 
         api = ApiServer(create_app(settings), port)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -155,9 +157,6 @@ class ReadAuditWindow:
     """
 
     def __init__(self, window_s: float, max_entries: int = 100_000, clock: Any = None) -> None:
-        import threading
-        import time
-
         self.window_s = float(window_s)
         self.max_entries = max_entries
         self._clock = clock or time.monotonic

@@ -92,6 +92,8 @@ class Vorgang(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # = case id = workflow id
     akte_id: Mapped[str] = mapped_column(ForeignKey("akte.id"), index=True)
     aktenzeichen: Mapped[str] = mapped_column(String(40), unique=True)
+    #: short reference number given to the applicant at submission (printed on our letters)
+    applicant_ref: Mapped[str | None] = mapped_column(String(16), unique=True)
     service_key: Mapped[str | None] = mapped_column(String(32), index=True)
     service_name: Mapped[str | None] = mapped_column(String(200))
     department: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -139,6 +141,8 @@ class Dokument(Base):
     verification_code: Mapped[str | None] = mapped_column(String(20), unique=True)
     text: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[dt.datetime | None]  # when it reached the authority (letters, uploads)
+    #: the mailroom item this document arrived with (original scan, e-mail body, attachments)
+    mail_item_id: Mapped[str | None] = mapped_column(String(64), index=True)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     versions: Mapped[list[Version]] = relationship(back_populates="dokument", order_by="Version.number")
@@ -232,6 +236,37 @@ class MailItem(Base):
     case_id: Mapped[str | None] = mapped_column(ForeignKey("vorgang.id"))
     submitted_by: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # migration 0005 (issue 4: channels, duplicates, separator splits, classification, triage)
+    #: channel-specific provenance: watched-folder path, e-mail Message-ID/From/Subject, ...
+    origin: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: set on a re-delivered file (same sha256, same channel): the item that was processed
+    duplicate_of: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: the scanned stack (separator pages) or triage item this letter was split from / merged into
+    parent_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: how the letter found its case: aktenzeichen | qr | applicant_ref | classified | mailroom
+    match_method: Mapped[str | None] = mapped_column(String(16))
+    #: department a mailroom clerk routed the letter to (status "routed")
+    department: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: classification result: [{"service_key", "department", "score", "reasons": [...]}, ...] best first
+    suggestions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    __table_args__ = (Index("ix_mail_item_channel_sha256", "channel", "sha256"),)
+
+
+class MailRoutingDecision(Base):
+    """A mailroom clerk's routing decision in triage; the classifier learns from these."""
+
+    __tablename__ = "mail_routing_decision"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # route | new_case | file
+    service_key: Mapped[str | None] = mapped_column(String(32), index=True)
+    department: Mapped[str | None] = mapped_column(String(64))
+    #: the letter's normalised terms (intake.classify.terms), not its text
+    terms: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: what the classifier had suggested first (a correction if it differs)
+    suggested_service_key: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class AuditEvent(Base):

@@ -24,7 +24,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.case import CaseActivities
 from activities.disposal import DisposalActivities
-from activities.mailroom import MailroomActivities, OcrActivities
+from activities.mailroom import MailroomActivities
+from activities.ocr import OcrActivities
 from activities.payment import PaymentActivities, PaymentProvider
 from aktenlauf.logging import register_secrets, secret_values
 from aktenlauf.settings import Settings

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import asyncio
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 from sqlalchemy import select
@@ -20,17 +15,15 @@ from temporalio.exceptions import ApplicationError
 from eakte import records, search
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
-from eakte.models import Dokument, MailItem, Version, Vorgang, utcnow
-from intake.ocr import OcrOutcome, run_ocr
+from eakte.models import Dokument, MailItem, Vorgang, utcnow
 from intake.reference import find_references
-from intake.sniff import IntakeLimits
 from workflows import contracts as c
 
 log = structlog.get_logger(__name__)
 PREVIEW_CHARS = 2000
 
 
-def _bind(item_id: str) -> None:
+def bind_item(item_id: str) -> None:
     info = activity.info()
     structlog.contextvars.clear_contextvars()  # pool threads are reused across activities
     structlog.contextvars.bind_contextvars(mail_item_id=item_id, workflow_id=info.workflow_id,
@@ -44,7 +37,7 @@ class MailroomActivities:
 
     @activity.defn(name=c.ACT_REGISTER_MAIL)
     def register_mail_item(self, inp: c.MailInput) -> None:
-        _bind(inp.item_id)
+        bind_item(inp.item_id)
         ref = BlobRef(inp.ref.bucket, inp.ref.key, inp.ref.sha256, inp.ref.size)
         received_at = dt.datetime.fromisoformat(inp.received_at) if inp.received_at else utcnow()
         with transaction(self.sessions) as s:
@@ -68,7 +61,7 @@ class MailroomActivities:
 
     @activity.defn(name=c.ACT_MAIL_STATUS)
     def set_mail_status(self, p: c.MailStatusParams) -> None:
-        _bind(p.item_id)
+        bind_item(p.item_id)
         with transaction(self.sessions) as s:
             item = s.get(MailItem, p.item_id)
             if item is None:
@@ -82,7 +75,7 @@ class MailroomActivities:
     @activity.defn(name=c.ACT_MATCH_REFERENCE)
     def match_mail_reference(self, item_id: str, aktenzeichen: str | None) -> c.MatchedReference:
         """Match the letter's text (or a mailroom clerk's choice) to a case in the register."""
-        _bind(item_id)
+        bind_item(item_id)
         with transaction(self.sessions) as s:
             item = s.get(MailItem, item_id)
             candidates = [aktenzeichen] if aktenzeichen else []
@@ -101,7 +94,7 @@ class MailroomActivities:
 
     @activity.defn(name=c.ACT_FILE_LETTER)
     def file_letter(self, p: c.FileLetterParams) -> str:
-        _bind(p.item_id)
+        bind_item(p.item_id)
         with transaction(self.sessions) as s:
             item = s.get(MailItem, p.item_id)
             case = records.get_case(s, p.case_id)
@@ -119,79 +112,3 @@ class MailroomActivities:
                               target_id=doc.id, case_id=case.id)
             item.case_id = case.id
             return doc.id
-
-
-class OcrActivities:
-    """Runs on the OCR task queue: one ocrmypdf job per child process, heartbeating."""
-
-    def __init__(self, sessions: sessionmaker[Session], store: BlobStore, limits: IntakeLimits,
-                 work_root: Path | None = None) -> None:
-        self.sessions = sessions
-        self.store = store
-        self.limits = limits
-        self.work_root = work_root
-
-    @activity.defn(name=c.ACT_OCR_MAIL)
-    async def ocr_mail_item(self, item_id: str) -> c.OcrSummary:
-        _bind(item_id)
-        done = await asyncio.to_thread(self._already_done, item_id)
-        if done is not None:
-            return done
-        src = await asyncio.to_thread(self._original, item_id)
-        work = Path(tempfile.mkdtemp(prefix=f"ocr-{item_id[:16]}-", dir=self.work_root))
-        try:
-            suffix = Path(src.filename).suffix.lower()[:8] or ".bin"
-            input_path = work / f"input{suffix}"
-            await asyncio.to_thread(self.store.download_to, src.object_key, src.sha256, input_path)
-            outcome = await run_ocr(input_path, work / "job", self.limits, heartbeat=lambda msg: activity.heartbeat(msg))
-            processed: BlobRef | None = None
-            if outcome.status == "processed" and outcome.output_path is not None and outcome.output_path.exists():
-                processed = await asyncio.to_thread(self.store.put_file, outcome.output_path, "application/pdf")
-            await asyncio.to_thread(self._record, item_id, outcome, processed)
-            return c.OcrSummary(status=outcome.status, code=outcome.code, reason=outcome.reason,
-                                pages=outcome.pages, empty=outcome.empty)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _already_done(self, item_id: str) -> c.OcrSummary | None:
-        with transaction(self.sessions) as s:
-            item = s.get(MailItem, item_id)
-            if item is None:
-                raise RuntimeError(f"mail item {item_id} is not registered")
-            if item.pages is not None:
-                return c.OcrSummary(status="processed", pages=item.pages,
-                                    empty=bool(item.blank_pages.get("empty")))
-            if item.status == "failed":
-                return c.OcrSummary(status="failed", code=item.reason_code, reason=item.reason)
-            return None
-
-    def _original(self, item_id: str) -> _Src:
-        with transaction(self.sessions) as s:
-            item = s.get(MailItem, item_id)
-            assert item is not None and item.dokument_id is not None
-            v = s.scalar(select(Version).where(Version.dokument_id == item.dokument_id, Version.role == "original"))
-            assert v is not None
-            return _Src(v.object_key, v.sha256, item.filename)
-
-    def _record(self, item_id: str, outcome: OcrOutcome, processed: BlobRef | None) -> None:
-        with transaction(self.sessions) as s:
-            item = s.get(MailItem, item_id)
-            assert item is not None and item.dokument_id is not None
-            doc = s.get(Dokument, item.dokument_id)
-            assert doc is not None
-            if outcome.status == "processed":
-                item.pages = outcome.pages
-                item.blank_pages = {"pages": list(outcome.blank_pages), "empty": bool(outcome.empty)}
-                item.text_preview = (outcome.text or "")[:PREVIEW_CHARS]
-                doc.text = outcome.text or ""
-                search.index_document(s, doc)
-                if processed is not None and not any(v.role == "processed" for v in doc.versions):
-                    records.add_version(s, doc, processed, created_by="ocr", role="processed",
-                                        reason="OCR (ocrmypdf, PDF/A)")
-
-
-@dataclass(frozen=True)
-class _Src:
-    object_key: str
-    sha256: str
-    filename: str

@@ -266,6 +266,8 @@ class MailInput:
     submitted_by: str
     ocr_task_queue: str = "aktenlauf-ocr"
     received_at: str = ""  # ISO 8601, when the letter reached the mailroom (set at intake)
+    #: channel-specific provenance (watched-folder path, e-mail Message-ID, ...); no personal data
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -163,7 +163,7 @@ class CaseActivities:
                 authority=Authority(name=self.catalog.authority_name, department=dept.name if dept else "",
                                     address_lines=self.catalog.authority_address,
                                     verify_base_url=self.verify_base_url),
-                service_name=v.service_name or "Anliegen", aktenzeichen=v.aktenzeichen,
+                service_name=v.service_name or "Anliegen", aktenzeichen=v.aktenzeichen, applicant_ref=v.applicant_ref,
                 applicant_name=str(applicant.get("name", "")),
                 applicant_address_lines=tuple(str(x) for x in applicant.get("address_lines", [])),
                 issued_on=dt.date.fromisoformat(p.issued_on) if p.issued_on else utcnow().date(),

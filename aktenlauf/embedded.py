@@ -63,6 +63,8 @@ class WorkerThread:
         self.ready.wait(30)
 
     def stop(self) -> None:
-        if self.loop is not None and self.stop_event is not None:
+        if self.loop is not None and self.stop_event is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(timeout=60)
+        if self.error is not None:  # the worker died while the stack ran: say why
+            raise RuntimeError(f"the embedded worker failed: {self.error!r}") from self.error

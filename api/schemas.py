@@ -93,6 +93,9 @@ class DocumentDetail(BaseModel):
 class CaseOut(BaseModel):
     case_id: str
     aktenzeichen: str
+    #: the applicant's reference number (Vorgangsnummer), printed on our letters; the mailroom
+    #: recognises it on letters that come back
+    applicant_ref: str | None = None
     service_key: str | None
     service_name: str | None
     department: str | None
@@ -151,6 +154,21 @@ class DocumentCreated(BaseModel):
     size: int
 
 
+class SuggestionOut(BaseModel):
+    service_key: str
+    department: str
+    score: float
+    reasons: list[str]
+
+
+class MailDocumentOut(BaseModel):
+    id: str
+    title: str
+    filename: str
+    content_type: str
+    download_url: str
+
+
 class MailItemOut(BaseModel):
     id: str
     received_at: dt.datetime
@@ -168,6 +186,21 @@ class MailItemOut(BaseModel):
     case_id: str | None
     text_preview: str | None
     document_id: str | None
+    #: a re-delivered file (same SHA-256, same channel): the letter that was processed
+    duplicate_of: str | None = None
+    #: the scanned stack this letter was split from (separator pages or a clerk's split), or the
+    #: letter it was merged into
+    parent_id: str | None = None
+    #: the department it was routed to (status "routed")
+    department: str | None = None
+    #: how it found its case: aktenzeichen, aktenzeichen_near, qr, applicant_ref, classified, mailroom
+    match_method: str | None = None
+    #: channel provenance (watched-folder file, e-mail Message-ID and subject, split pages)
+    origin: dict[str, str] = Field(default_factory=dict)
+    #: the classifier's best services for it, best first
+    suggestions: list[SuggestionOut] = Field(default_factory=list)
+    #: every document the letter brought (only in the single-item view)
+    documents: list[MailDocumentOut] | None = None
 
 
 class MailAccepted(BaseModel):

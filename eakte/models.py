@@ -253,12 +253,16 @@ class MailItem(Base):
 
 
 class MailRoutingDecision(Base):
-    """A mailroom clerk's routing decision in triage; the classifier learns from these."""
+    """A triage action on a letter; people's routing choices are what the classifier learns from."""
 
     __tablename__ = "mail_routing_decision"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: one row per triage action (workflow id + action number): a retried activity adds nothing
+    key: Mapped[str] = mapped_column(String(200), unique=True)
     item_id: Mapped[str] = mapped_column(String(64), index=True)
-    action: Mapped[str] = mapped_column(String(16))  # route | new_case | file
+    action: Mapped[str] = mapped_column(String(16))  # route | new_case | file | split | merge | close
+    #: a person's routing choice the classifier learns from (not the system's own, not split/close)
+    learn: Mapped[bool] = mapped_column(Boolean, default=False)
     service_key: Mapped[str | None] = mapped_column(String(32), index=True)
     department: Mapped[str | None] = mapped_column(String(64))
     #: the letter's normalised terms (intake.classify.terms), not its text

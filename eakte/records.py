@@ -62,6 +62,18 @@ def get_case(session: Session, case_id: str) -> Vorgang:
     return vorgang
 
 
+def _free_applicant_ref(session: Session, case_id: str) -> str:
+    """The case's applicant reference number (printed on its letters; the mailroom recognises
+    it): derived from the case id, another derivation on the rare clash."""
+    from intake.reference import applicant_ref_for
+
+    for attempt in range(20):
+        ref = applicant_ref_for(case_id, attempt)
+        if session.scalar(select(Vorgang.id).where(Vorgang.applicant_ref == ref)) is None:
+            return ref
+    raise RuntimeError("no free applicant reference number")  # 20 clashes in a row: not by chance
+
+
 def open_case(
     session: Session,
     *,
@@ -88,7 +100,8 @@ def open_case(
     session.add(akte)
     session.flush()
     vorgang = Vorgang(
-        id=case_id, akte_id=akte.id, aktenzeichen=az, service_key=service_key, service_name=service_name,
+        id=case_id, akte_id=akte.id, aktenzeichen=az, applicant_ref=_free_applicant_ref(session, case_id),
+        service_key=service_key, service_name=service_name,
         department=None, status=status, step="intake", integrator=integrator,
         applicant_id=applicant.get("id"), applicant=applicant, form=form, fingerprint=fingerprint, fee_cents=fee_cents,
     )

@@ -102,6 +102,7 @@ class DocumentData:
     facts: tuple[tuple[str, str], ...] = ()  # label/value rows
     reason: str | None = None  # rejection reason (required for kind="rejection")
     fee_cents: int = 0
+    applicant_ref: str | None = None  # the applicant's reference number, e.g. "B-7K2M-Q9XA"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -489,6 +490,7 @@ class _Decorator:
         rows: list[tuple[str, str]] = [
             ("Dienststelle", data.authority.department),
             ("Aktenzeichen", data.aktenzeichen),
+            *((("Ihre Vorgangsnummer", data.applicant_ref),) if data.applicant_ref else ()),
             ("Datum", format_date_de(data.issued_on)),
             ("Prüfcode", data.verification_code),
         ]

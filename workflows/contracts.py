@@ -37,6 +37,14 @@ ACT_OCR_MAIL = "ocr_mail_item"
 ACT_MATCH_REFERENCE = "match_mail_reference"
 ACT_FILE_LETTER = "file_letter"
 ACT_MAIL_STATUS = "set_mail_status"
+ACT_MATCH_REFERENCE_V2 = "match_mail_reference_v2"  # Aktenzeichen (also near), QR code, applicant reference
+ACT_SCAN_CODES = "scan_mail_codes"  # OCR queue: barcodes/QR per page, separator pages
+ACT_SPLIT_MAIL = "split_mail_item"
+ACT_CLASSIFY_MAIL = "classify_mail_item"
+ACT_RECORD_TRIAGE = "record_mail_triage"
+ACT_CASE_FROM_LETTER = "prepare_case_from_letter"
+ACT_AWAIT_CASE_OPEN = "await_case_open"
+ACT_MERGE_MAIL = "merge_mail_items"
 
 # Error types raised to clients by update validators.
 ERR_IDEMPOTENCY = "IdempotencyConflict"
@@ -268,6 +276,8 @@ class MailInput:
     received_at: str = ""  # ISO 8601, when the letter reached the mailroom (set at intake)
     #: channel-specific provenance (watched-folder path, e-mail Message-ID, ...); no personal data
     origin: dict[str, str] = field(default_factory=dict)
+    #: a letter split off a scanned stack (separator pages) or by a mailroom clerk
+    parent_id: str | None = None
 
 
 @dataclass
@@ -284,6 +294,7 @@ class MailStatus:
     reason: str | None = None
     case_id: str | None = None
     aktenzeichen: str | None = None
+    department: str | None = None
 
 
 @dataclass
@@ -293,12 +304,139 @@ class OcrSummary:
     reason: str | None = None
     pages: int = 0
     empty: bool = False
+    blank_pages: list[int] = field(default_factory=list)
 
 
 @dataclass
 class MatchedReference:
     case_id: str | None
     aktenzeichen: str | None
+    #: aktenzeichen | aktenzeichen_near | qr | applicant_ref | mailroom
+    method: str | None = None
+
+
+@dataclass
+class ScannedCodes:
+    """Barcodes/QR codes per page (1-based page number as text) and separator pages."""
+
+    barcodes: dict[str, list[str]] = field(default_factory=dict)
+    separators: list[int] = field(default_factory=list)
+    #: page ranges (first, last; 1-based, inclusive) of the letters in a stack
+    parts: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class MatchParams:
+    item_id: str
+    aktenzeichen: str | None = None
+    codes: ScannedCodes | None = None
+
+
+@dataclass
+class Suggestion:
+    service_key: str  # "" when only a department is suggested
+    department: str
+    score: float
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Classified:
+    suggestions: list[Suggestion] = field(default_factory=list)
+    #: the best suggestion is above the catalog's auto-case threshold
+    confident: bool = False
+
+
+@dataclass
+class SplitParams:
+    item_id: str
+    #: page ranges (first, last; 1-based, inclusive), one per new letter
+    parts: list[list[int]]
+    actor: str
+    reason: str
+
+
+@dataclass
+class SplitResult:
+    children: list[MailInput] = field(default_factory=list)
+
+
+@dataclass
+class CaseFromLetter:
+    """What the mail workflow needs to start a case for a letter."""
+
+    case_input: CaseInput | None = None
+    case_id: str | None = None
+
+
+@dataclass
+class CaseFromLetterParams:
+    item_id: str
+    service_key: str
+    actor: str
+
+
+@dataclass
+class TriageRecord:
+    """A triage action, for the audit trail and the classifier's learning."""
+
+    item_id: str
+    action: str  # route | new_case | file | split | merge | close
+    #: unique per action of this letter (its workflow counts them): a retry records nothing twice
+    key: str
+    actor: str
+    role: str
+    service_key: str | None = None
+    department: str | None = None
+    case_id: str | None = None
+    reason: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RouteLetter:
+    actor: Actor
+    department: str
+    reason: str = ""
+
+
+@dataclass
+class NewCaseFromLetter:
+    actor: Actor
+    service_key: str
+
+
+@dataclass
+class SplitLetter:
+    actor: Actor
+    parts: list[list[int]]
+    reason: str = ""
+
+
+@dataclass
+class MergeLetters:
+    actor: Actor
+    item_ids: list[str]
+    reason: str = ""
+
+
+@dataclass
+class MergeParams:
+    item_id: str
+    others: list[str]
+    actor: str
+
+
+@dataclass
+class CloseLetter:
+    actor: Actor
+    reason: str
+
+
+@dataclass
+class MergedInto:
+    item_id: str
+    actor: str
 
 
 @dataclass
@@ -315,3 +453,5 @@ class MailStatusParams:
     reason_code: str | None = None
     reason: str | None = None
     case_id: str | None = None
+    department: str | None = None
+    match_method: str | None = None

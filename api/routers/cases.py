@@ -186,7 +186,7 @@ def document_out(d: Dokument, v: Version) -> DocumentOut:
 
 # The status read is the API's hottest path (portals poll it): plain Core queries, three
 # statements, no ORM identity map, and no write unless a read audit event is due.
-_CASE_COLS = (Vorgang.id, Vorgang.aktenzeichen, Vorgang.service_key, Vorgang.service_name, Vorgang.department,
+_CASE_COLS = (Vorgang.id, Vorgang.aktenzeichen, Vorgang.applicant_ref, Vorgang.service_key, Vorgang.service_name, Vorgang.department,
               Vorgang.integrator, Vorgang.applicant_id, Vorgang.status, Vorgang.step, Vorgang.due_on,
               Vorgang.fee_cents, Vorgang.payment_status, Vorgang.payment_url, Vorgang.decision,
               Vorgang.decision_reason, Vorgang.created_at, Vorgang.closed_at,
@@ -233,8 +233,8 @@ async def get_case(case_id: str, ctx: Ctx, p: CurrentPrincipal) -> CaseOut:
         ctx.read_audit.mark(read_key)  # only once the event is committed
     structlog.contextvars.bind_contextvars(case_id=v.id, workflow_id=v.id, aktenzeichen=v.aktenzeichen)
     return CaseOut(
-        case_id=v.id, aktenzeichen=v.aktenzeichen, service_key=v.service_key, service_name=v.service_name,
-        department=v.department, status=v.status, current_step=v.step, due_on=v.due_on, fee_cents=v.fee_cents,
+        case_id=v.id, aktenzeichen=v.aktenzeichen, applicant_ref=v.applicant_ref, service_key=v.service_key,
+        service_name=v.service_name, department=v.department, status=v.status, current_step=v.step, due_on=v.due_on, fee_cents=v.fee_cents,
         payment_status=v.payment_status, payment_url=v.payment_url if v.payment_status == "open" else None,
         decision=v.decision, decision_reason=v.decision_reason, created_at=v.created_at, closed_at=v.closed_at,
         timeline=[TimelineOut(at=e.at, step=e.step, status=e.status, message=e.message) for e in events],

@@ -39,8 +39,10 @@ def upgrade() -> None:
     op.create_table(
         'mail_routing_decision',
         sa.Column('id', sa.Integer(), nullable=False, autoincrement=True),
+        sa.Column('key', sa.String(length=200), nullable=False),
         sa.Column('item_id', sa.String(length=64), nullable=False),
         sa.Column('action', sa.String(length=16), nullable=False),
+        sa.Column('learn', sa.Boolean(), nullable=False),
         sa.Column('service_key', sa.String(length=32), nullable=True),
         sa.Column('department', sa.String(length=64), nullable=True),
         sa.Column('terms', sa.JSON(), nullable=False),
@@ -48,6 +50,7 @@ def upgrade() -> None:
         sa.Column('actor', sa.String(length=200), nullable=False),
         sa.Column('decided_at', UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint('id'),
+        sa.UniqueConstraint('key'),
     )
     op.create_index('ix_mail_routing_decision_item_id', 'mail_routing_decision', ['item_id'])
     op.create_index('ix_mail_routing_decision_service_key', 'mail_routing_decision', ['service_key'])

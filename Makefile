@@ -5,7 +5,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command 
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng ghostscript pngquant unpaper poppler-utils
+APT_PACKAGES := tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng ghostscript pngquant unpaper poppler-utils dovecot-imapd
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install system-deps bench clean help

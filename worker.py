@@ -25,6 +25,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.case import CaseActivities
 from activities.disposal import DisposalActivities
 from activities.mailroom import MailroomActivities
+from activities.codes import CodeActivities
 from activities.ocr import OcrActivities
 from activities.payment import PaymentActivities, PaymentProvider
 from aktenlauf.logging import register_secrets, secret_values
@@ -33,6 +34,7 @@ from aktenlauf.temporal import connect
 from aktenlauf.wiring import blob_store, session_factory
 from eakte.blobstore import BlobStore
 from aktenlauf import wiring
+from intake.separator import SeparatorConfig
 from intake.sniff import IntakeLimits
 from workflows.case import CaseWorkflow
 from workflows.disposal import DisposalWorkflow
@@ -63,11 +65,14 @@ def case_activities(deps: Dependencies) -> list[object]:
         PaymentProvider(s.payment_base_url, s.public_base_url.rstrip("/") + "/v1/payments/webhook"),
         case.record_payment,
     )
-    mail = MailroomActivities(deps.sessions, deps.store)
+    mail = MailroomActivities(deps.sessions, deps.store, catalog, auto_case_threshold=s.mailroom_auto_case_threshold,
+                              ocr_task_queue=s.ocr_task_queue)
     return [
         case.open_case, case.record_progress, case.file_document, case.issue_document, case.dispatch_document,
         case.archive_case, payment.request_payment, payment.cancel_payment,
         mail.register_mail_item, mail.set_mail_status, mail.match_mail_reference, mail.file_letter,
+        mail.match_mail_reference_v2, mail.classify_mail_item, mail.record_mail_triage, mail.prepare_case_from_letter,
+        mail.await_case_open, mail.split_mail_item, mail.merge_mail_items,
     ]
 
 
@@ -78,12 +83,20 @@ def disposal_activities(deps: Dependencies) -> list[object]:
     return [disposal.offer_due_akten, disposal.execute_disposal, disposal.end_disposal_round]
 
 
+def separator_config(s: Settings) -> SeparatorConfig:
+    """Separator sheets as configured: the barcode text (plus the scanners' PATCH-T code) and the
+    word printed on the sheet, alone on its page."""
+    return SeparatorConfig(code=s.mailroom_separator_code, text=s.mailroom_separator_text)
+
+
 def ocr_activities(deps: Dependencies) -> list[object]:
     s = deps.settings
     limits = IntakeLimits(max_bytes=s.max_upload_bytes, max_pages=s.ocr_max_pages,
-                          timeout_per_page_s=s.ocr_timeout_per_page_s, memory_limit_mb=s.ocr_memory_limit_mb)
+                          timeout_per_page_s=s.ocr_timeout_per_page_s, memory_limit_mb=s.ocr_memory_limit_mb,
+                          tesseract_threads=s.ocr_tesseract_threads)
     ocr = OcrActivities(deps.sessions, deps.store, limits)
-    return [ocr.ocr_mail_item]
+    codes = CodeActivities(deps.sessions, deps.store, separator_config(s))
+    return [ocr.ocr_mail_item, codes.scan_mail_codes]
 
 
 # The sandbox re-imports each workflow module for every workflow run. What the workflows import

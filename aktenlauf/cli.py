@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from aktenlauf.settings import Settings
 
@@ -44,6 +45,32 @@ def cmd_api(args: argparse.Namespace) -> int:
                     workers=args.workers)
     else:
         uvicorn.run(create_app(s), host=host, port=port, log_config=None, access_log=False, workers=1)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The watched folder (mailroom channel): its own process, see intake/watchfolder.py."""
+    from intake.watchfolder import run_watcher
+
+    s = _settings()
+    if args.folder:
+        s = s.model_copy(update={"watch_folder": args.folder})
+    if s.watch_folder is None:
+        print("no folder to watch: set WATCH_FOLDER or pass --folder", file=sys.stderr)
+        return 2
+    asyncio.run(run_watcher(s))
+    return 0
+
+
+def cmd_imap(_: argparse.Namespace) -> int:
+    """The IMAP poller (mailroom channel): its own process, see intake/imap_poller.py."""
+    from intake.imap_poller import run_imap_poller
+
+    s = _settings()
+    if not s.imap_host:
+        print("no mailbox to poll: set IMAP_HOST, IMAP_USER, IMAP_PASSWORD", file=sys.stderr)
+        return 2
+    asyncio.run(run_imap_poller(s))
     return 0
 
 
@@ -119,9 +146,8 @@ def cmd_search_attributes(_: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Bring up the whole stack on embedded defaults; Ctrl-C stops it cleanly."""
-    from aktenlauf import devstack
+    from aktenlauf import devstack, wiring
     from eakte.db import migrate
-    from aktenlauf import wiring
     from workflows.search import ALL
 
     s = _settings()
@@ -160,7 +186,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"• SeaweedFS S3 on http://{seaweed.endpoint}", flush=True)
         env = dict(os.environ)
         exe = [sys.executable, "-m", "aktenlauf.cli"]
-        for name, argv in (("worker", [*exe, "worker"]), ("api", [*exe, "api"])):
+        # the mailroom channels run as processes of their own: one watcher per folder (worker
+        # replicas would race for the same files), the poller only where IMAP is configured
+        watch_folder = (s.watch_folder or var / "poststelle" / "eingang").resolve()
+        watch_folder.mkdir(parents=True, exist_ok=True)
+        env["WATCH_FOLDER"] = str(watch_folder)
+        children = [("worker", [*exe, "worker"]), ("api", [*exe, "api"]), ("watch", [*exe, "watch"])]
+        if s.imap_host:
+            children.append(("imap", [*exe, "imap"]))
+        for name, argv in children:
             proc = devstack.ManagedProcess(argv, log_file=var / "log" / f"{name}.log", env=env)
             procs.append(proc)
         _wait_http(f"http://{s.api_host}:{s.api_port}/readyz", timeout=90)
@@ -170,6 +204,8 @@ aktenlauf is up.
   API            {base}   (OpenAPI: {base}/docs)
   Temporal UI    {temporal.ui_url}
   S3 (SeaweedFS) http://{seaweed.endpoint}  bucket {s.s3_bucket}
+  Poststelle     scans dropped into {watch_folder} are taken in (then moved to done/ or failed/)
+  IMAP           {f"polling {s.imap_user}@{s.imap_host} {s.imap_mailbox}" if s.imap_host else "off (set IMAP_HOST)"}
   logs           {var / 'log'}
 
 Get a token (in another terminal, from this directory):
@@ -219,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int)
     a.add_argument("--workers", type=int, default=1, help="API processes (production: about one per core)")
     a.set_defaults(fn=cmd_api)
+    wf = sub.add_parser("watch", help="take in scans from the watched folder (WATCH_FOLDER)")
+    wf.add_argument("--folder", type=Path, help="the folder to watch (default: WATCH_FOLDER)")
+    wf.set_defaults(fn=cmd_watch)
+    sub.add_parser("imap", help="poll the IMAP mailbox (IMAP_HOST ...) for letters by e-mail").set_defaults(fn=cmd_imap)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("search-attributes", help="register custom search attributes on a Temporal cluster").set_defaults(
         fn=cmd_search_attributes)

@@ -8,11 +8,12 @@ field names (``DATABASE_URL``, ``TEMPORAL_ADDRESS``, ``S3_ENDPOINT`` ...). Outsi
 from __future__ import annotations
 
 import base64
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
@@ -94,6 +95,14 @@ class Settings(BaseSettings):
     # Aktenplan (file plan): subject groups, retention periods, archival appraisal
     aktenplan_path: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "eakte" / "aktenplan.yaml")
 
+    # Mailroom recognition (issue 4): a letter whose best service suggestion scores at least this
+    # starts a case for that service by itself; below it waits in triage (above 1: never automatic)
+    mailroom_auto_case_threshold: float = Field(default=0.75, ge=0.0, le=1.01)
+    # separator sheets (Trennblätter) in scanned stacks: a page whose barcode/QR says this, or whose
+    # text is only this word, ends one letter and starts the next
+    mailroom_separator_code: str = Field(default="AKTENLAUF-TRENNBLATT", min_length=3, max_length=100)
+    mailroom_separator_text: str = Field(default="TRENNBLATT", min_length=3, max_length=100)
+
     # Aussonderung: the Temporal Schedule that starts a disposal round daily
     disposal_schedule_enabled: bool = True  # false: the schedule exists but is paused
     disposal_schedule_id: str = Field(default="aktenlauf-disposal", pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
@@ -102,11 +111,43 @@ class Settings(BaseSettings):
     disposal_schedule_timezone: str = "Europe/Berlin"
     disposal_confirm_days: int = Field(default=30, ge=1, le=365)  # a round waits this long for confirmations
 
+    # ---------------------------------------------------------------- mailroom intake channels
+    # Watched folder: the scanner's output directory. A file is taken once its size and mtime
+    # have been unchanged for WATCH_STABLE_SECONDS and no local process has it open for writing;
+    # dot files and *.tmp/*.part names (write-then-rename) are ignored. Afterwards it is moved to
+    # done/ or, if refused, to failed/ (with <name>.reason.txt), both inside the folder.
+    # Unset: no watcher (`aktenlauf dev` watches <VAR_DIR>/poststelle/eingang).
+    watch_folder: Path | None = None
+    watch_poll_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    watch_stable_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # E-mail (.eml upload and IMAP): limits per message besides MAX_UPLOAD_BYTES
+    mail_max_attachments: int = Field(default=20, ge=1, le=500)
+    mail_max_nesting: int = Field(default=8, ge=1, le=50)
+    mail_max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    # IMAP poller: unset IMAP_HOST = no poller. Each message is submitted once (UIDVALIDITY + UID
+    # remembered in IMAP_STATE_FILE, default <VAR_DIR>/imap-state.json) and then moved to
+    # IMAP_DONE_MAILBOX (refused ones to IMAP_FAILED_MAILBOX); an empty mailbox name only flags it.
+    # IMAP_PASSWORD is a secret: never logged, shown as ********** in settings dumps.
+    imap_host: str | None = None
+    imap_port: int | None = Field(default=None, ge=1, le=65535)  # default: 993 (ssl), else 143
+    imap_user: str = ""
+    imap_password: SecretStr = SecretStr("")
+    imap_mailbox: str = "INBOX"
+    imap_tls: Literal["ssl", "starttls", "none"] = "ssl"
+    imap_poll_interval_s: float = Field(default=60.0, gt=0, le=86400)
+    imap_done_mailbox: str = "Verarbeitet"
+    imap_failed_mailbox: str = "Abgelehnt"
+    imap_state_file: Path | None = None
+    # ---------------------------------------------------------------- end mailroom intake channels
+
     # OCR limits
     ocr_max_pages: int = 200
     ocr_timeout_per_page_s: float = 60.0
     ocr_memory_limit_mb: int = 2048
-    ocr_concurrency: int = 1
+    # parallel OCR jobs per OCR worker (one child process each): default one per core this process
+    # may use; each job's tesseract runs OCR_TESSERACT_THREADS threads (set in the child, not here)
+    ocr_concurrency: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1, ge=1, le=64)
+    ocr_tesseract_threads: int = Field(default=1, ge=1, le=16)
 
     # Logging
     log_level: str = "INFO"
@@ -125,6 +166,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"refusing to start with development secrets outside dev: set {', '.join(n.upper() for n in used)}"
             )
+        if self.imap_host and self.imap_tls == "none" and self.imap_host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("IMAP_TLS=none sends the mailbox password in clear text: use ssl or starttls")
         if len(self.jwt_secret) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
         return self

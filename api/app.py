@@ -20,6 +20,7 @@ from api import problems
 from api.context import ApiContext
 from api.middleware import RequestContext
 from api.uploads import BodyLimit
+from api.routers import mailroom_intake
 from api.routers import (admin, akten, audit, cases, codec, disposal, documents, exchange, health, mailroom, payments,
                          sandbox_payment, search, services, tasks)
 from aktenlauf import wiring
@@ -86,5 +87,6 @@ def create_app(settings: Settings | None = None, ctx: ApiContext | None = None) 
     for r in (health, services, cases, tasks, documents, payments, sandbox_payment, mailroom, admin, akten, audit,
               search, exchange, disposal):
         app.include_router(r.router)
+    app.include_router(mailroom_intake.router)  # mailroom intake: scans and e-mails (intake/channels.py)
     codec.install(app, settings)  # Temporal UI codec server (admins, audited; CORS on /v1/codec only)
     return app

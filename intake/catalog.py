@@ -6,6 +6,7 @@ started with (it travels in the workflow input; no personal data in it).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eakte.aktenplan import Aktenplan
-from intake.service import ServiceEntry
+from intake.service import ClassificationRules, ServiceEntry
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,51 @@ class Catalog:
         return self.services.get(key)
 
 
+def _fold(word: str) -> str:
+    return word.lower().replace("ä", "ae").replace("ö", "oe").replace("ü", "ue").replace("ß", "ss")
+
+
+class _ClassificationModel(BaseModel):
+    """Validated `classification:` block of a service: regexes must compile, words are folded like terms."""
+
+    model_config = ConfigDict(extra="forbid")
+    regex: list[str] = []
+    all: list[list[str]] = []
+    any: list[str] = []
+    fuzzy: list[str] = []
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        out = []
+        for pattern in v:
+            if not pattern or len(pattern) > 200:
+                raise ValueError(f"classification regex must have 1 to 200 characters: {pattern!r}")
+            folded = _fold(pattern)
+            try:
+                re.compile(folded, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"classification regex {pattern!r} does not compile: {exc}") from exc
+            out.append(folded)
+        return out
+
+    @field_validator("any", "fuzzy")
+    @classmethod
+    def _words(cls, v: list[str]) -> list[str]:
+        for w in v:
+            if not re.fullmatch(r"[a-zäöüß]{3,}", w.lower()):
+                raise ValueError(f"classification word {w!r} must be a single word of at least 3 letters")
+        return [_fold(w) for w in v]
+
+    @field_validator("all")
+    @classmethod
+    def _groups(cls, v: list[list[str]]) -> list[list[str]]:
+        for group in v:
+            if len(group) < 2 or not all(re.fullmatch(r"[a-zäöüß]{3,}", w.lower()) for w in group):
+                raise ValueError(f"classification `all` group {group!r} needs at least two single words")
+        return [[_fold(w) for w in group] for group in v]
+
+
 class _ServiceModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(pattern=r"^\d{14}$")
@@ -48,6 +94,7 @@ class _ServiceModel(BaseModel):
     payment_days: int = Field(gt=0)
     keywords: list[str] = []
     retention_years: int | None = Field(default=None, gt=0)  # None: the Aktenplan's default for file_plan
+    classification: _ClassificationModel = _ClassificationModel()
 
     @field_validator("keywords")
     @classmethod
@@ -106,8 +153,10 @@ def load_catalog(path: Path, aktenplan: Aktenplan | None = None) -> Catalog:
         authority_name=str(authority.get("name", "")),
         authority_address=tuple(str(x) for x in authority.get("address_lines", []) or []),  # type: ignore[union-attr]
         departments={k: Department(key=k, name=v.get("name", k)) for k, v in model.departments.items()},
-        services={s.key: ServiceEntry(**{**s.model_dump(), "retention_years": _retention_years(s, aktenplan)},
-                                      department_name=model.departments[s.department].get("name", s.department))
+        services={s.key: ServiceEntry(**{**s.model_dump(exclude={"classification"}),
+                                         "retention_years": _retention_years(s, aktenplan)},
+                                      department_name=model.departments[s.department].get("name", s.department),
+                                      classification=ClassificationRules(**s.classification.model_dump()))
                   for s in model.services},
         aktenplan=aktenplan,
     )

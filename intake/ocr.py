@@ -147,7 +147,8 @@ async def run_ocr(input_path: Path, work_dir: Path, limits: IntakeLimits,
     started = loop.time()
     bound = log.bind(input=str(input_path), work_dir=str(work_dir))
     try:
-        info = await asyncio.to_thread(inspect_file, input_path, limits)
+        # the child decides text/no text per page itself (ocrmypdf's PdfInfo): no text probe here
+        info = await asyncio.to_thread(inspect_file, input_path, limits, probe_text=False)
     except IntakeRejected as rejected:
         bound.info("ocr.rejected", code=rejected.code)
         return failed_outcome(rejected.code, rejected.reason)
@@ -223,7 +224,7 @@ def _child_argv(input_path: Path, files: _JobFiles, limits: IntakeLimits) -> lis
         "--input", str(input_path), "--output", str(files.output),
         "--text-out", str(files.text), "--result-json", str(files.result),
         "--languages", "deu+eng", "--tesseract-threads", str(limits.tesseract_threads),
-        "--max-page-pixels", str(limits.max_page_pixels),
+        "--max-page-pixels", str(limits.max_page_pixels), "--parent-pid", str(os.getpid()),
     ]
 
 
@@ -333,7 +334,7 @@ def _outcome_from_result(result: dict[str, Any], files: _JobFiles) -> OcrOutcome
         born_digital=bool(result.get("born_digital")), text=text, output_path=output,
         empty=processed and pages > 0 and len(blank) == pages,
         pdfa_part=result.get("pdfa_part"),
-        extra={k: v for k, v in result.items() if k in ("ocr_mode", "text_chars")},
+        extra={k: v for k, v in result.items() if k in ("ocr_mode", "text_chars", "peak_rss_mb")},
     )
 
 

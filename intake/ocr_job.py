@@ -10,7 +10,7 @@ It is started by :func:`intake.ocr.run_ocr` with resource limits and in its own
 process group; it is not meant to be imported by the worker.  The result JSON
 is ``{"status": "processed"|"failed", "code", "reason", "pages",
 "blank_pages": [1-based page numbers], "born_digital", "text_chars",
-"pdfa_part", "ocr_mode"}``; any exception becomes ``status="failed"`` with a
+"pdfa_part", "ocr_mode", "peak_rss_mb"}``; any exception becomes ``status="failed"`` with a
 code and a plain-English reason (the traceback goes to stderr, i.e. the job
 log, never into the reason).
 
@@ -63,9 +63,13 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -90,6 +94,8 @@ INK_CONTRAST = 64
 BLANK_INK_FRACTION = 0.002
 #: Fewer alphanumeric characters than this count as "no text" (OCR noise).
 MIN_TEXT_CHARS = 3
+#: How often the job checks that the worker which started it is still alive.
+PARENT_POLL_S = 0.5
 
 OcrMode = Literal["scan", "mixed", "born_digital"]
 
@@ -105,6 +111,8 @@ class JobResult:
     text_chars: int = 0
     pdfa_part: str | None = None
     ocr_mode: OcrMode | None = None
+    #: Peak resident memory of this process and of its largest reaped child (tesseract, gs), MiB.
+    peak_rss_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,7 @@ class JobArgs:
     tesseract_threads: int
     max_page_pixels: int
     default_image_dpi: int
+    parent_pid: int = 0
 
 
 # --------------------------------------------------------------------------- CLI
@@ -132,23 +141,48 @@ def parse_args(argv: Sequence[str] | None = None) -> JobArgs:
     parser.add_argument("--tesseract-threads", type=int, default=1)
     parser.add_argument("--max-page-pixels", type=int, default=120_000_000)
     parser.add_argument("--default-image-dpi", type=int, default=DEFAULT_IMAGE_DPI)
+    parser.add_argument("--parent-pid", type=int, default=0,
+                        help="stop the whole job when this process (the worker) is gone")
     ns = parser.parse_args(argv)
     return JobArgs(input=ns.input, output=ns.output, text_out=ns.text_out,
                    result_json=ns.result_json, languages=[lang for lang in ns.languages.split("+") if lang],
                    tesseract_threads=ns.tesseract_threads, max_page_pixels=ns.max_page_pixels,
-                   default_image_dpi=ns.default_image_dpi)
+                   default_image_dpi=ns.default_image_dpi, parent_pid=ns.parent_pid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _configure_logging()
+    if args.parent_pid:
+        _watch_parent(args.parent_pid)
     # Normally set by the parent; make a manual run behave the same.
     os.environ.setdefault("OMP_THREAD_LIMIT", str(args.tesseract_threads))
     result = run_job_safely(args)
+    result.peak_rss_mb = peak_rss_mb()
     _write_json_atomic(args.result_json, asdict(result))
     log.info("ocr_job.done", status=result.status, code=result.code, pages=result.pages,
              mode=result.ocr_mode, pdfa_part=result.pdfa_part, text_chars=result.text_chars)
     return 0 if result.status == "processed" else 2
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Kill this job's process group once the worker that started it is gone.
+
+    The job runs in a session of its own (so a timeout can kill ocrmypdf with its tesseract and
+    Ghostscript children in one go); the flip side is that a worker killed with SIGKILL would
+    leave it running, burning a core for a result nobody collects while Temporal already
+    retries the activity elsewhere.  Polling ``getppid`` costs nothing and needs no code
+    between fork and exec in the worker.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        log.warning("ocr_job.parent_gone", parent_pid=parent_pid)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _configure_logging() -> None:
@@ -157,6 +191,13 @@ def _configure_logging() -> None:
     for noisy in ("pdfminer", "PIL", "pypdf", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set of this process or any child it has waited for (Linux: KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -305,8 +305,141 @@ class PrivatePostgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- private IMAP server
+
+
+def _dovecot_binary() -> str:
+    found = shutil.which("dovecot") or next((p for p in ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
+                                              if Path(p).is_file()), None)
+    if not found:
+        raise FileNotFoundError("dovecot not found (apt-get install dovecot-imapd)")
+    return found
+
+
+@dataclass
+class PrivateDovecot:
+    """A Dovecot IMAP server of our own (Debian ``dovecot-imapd``) for the IMAP poller's tests:
+    its own config, passwd-file and maildirs in a temporary directory, plain IMAP on a free
+    loopback port, nothing of the system's /etc/dovecot used.
+
+    As root, Dovecot runs its internal and login processes as the package's users ``dovecot`` and
+    ``dovenull`` and refuses to deliver mail as root: the mail user is ``nobody`` (uid 65534),
+    which owns the maildir root; the directory, made with ``tempfile.mkdtemp`` under /tmp, is
+    opened (0755) so those users can reach it. As another user, every process runs as that user."""
+
+    root: Path
+    port: int
+    user: str
+    password: str
+    process: devstack.ManagedProcess | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "dovecot.log"
+
+    @classmethod
+    def start(cls, *, user: str = "poststelle", password: str | None = None, timeout: float = 20) -> PrivateDovecot:
+        binary = _dovecot_binary()
+        root = Path(tempfile.mkdtemp(prefix="aktenlauf-imap-"))
+        root.chmod(0o755)
+        srv = cls(root=root, port=devstack.free_port(), user=user, password=password or secrets.token_hex(12))
+        try:
+            (root / "mail").mkdir()
+            (root / "run").mkdir()
+            (root / "state").mkdir()
+            (root / "passwd").write_text(f"{user}:{{PLAIN}}{srv.password}\n")
+            if os.geteuid() == 0:
+                import pwd
+
+                nobody = pwd.getpwnam("nobody")
+                os.chown(root / "mail", nobody.pw_uid, nobody.pw_gid)
+                (root / "passwd").chmod(0o644)  # read by the auth process (user dovecot)
+                users = ("dovecot", "dovenull", nobody.pw_uid, nobody.pw_gid)
+            else:
+                import pwd
+
+                me = pwd.getpwuid(os.geteuid())
+                users = (me.pw_name, me.pw_name, me.pw_uid, me.pw_gid)
+            (root / "dovecot.conf").write_text(srv._config(*users))
+            srv.process = devstack.ManagedProcess([binary, "-F", "-c", str(root / "dovecot.conf")],
+                                                  log_file=root / "stdout.log", stop_timeout=5)
+            srv._wait(timeout)
+        except BaseException:
+            srv.stop()
+            raise
+        return srv
+
+    def _config(self, internal: str, login: str, uid: int, gid: int) -> str:
+        r = self.root
+        return f"""base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{r}/mail/%u
+default_internal_user = {internal}
+default_login_user = {login}
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {r}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={r}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+    def _wait(self, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if not self.process.alive:
+                log_tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+                raise RuntimeError(f"dovecot exited: {self.process.log_tail()}\n{log_tail}")
+            try:
+                conn = self.connect()
+                conn.logout()
+                return
+            except Exception as exc:  # noqa: BLE001 - not yet
+                last = exc
+                time.sleep(0.2)
+        raise RuntimeError(f"dovecot on port {self.port} not ready in {timeout:.0f}s: {last!r}")
+
+    def connect(self):  # type: ignore[no-untyped-def]
+        """A logged-in imaplib connection (for appending test messages and looking)."""
+        import imaplib
+
+        conn = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        conn.login(self.user, self.password)
+        return conn
+
+    def stop(self) -> None:
+        try:
+            if self.process is not None:
+                self.process.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 __all__ = [
     "SEARCH_ATTRIBUTES",
+    "PrivateDovecot",
     "PrivatePostgres",
     "TEST_S3_ACCESS_KEY",
     "TEST_S3_SECRET_KEY",

@@ -131,6 +131,7 @@ async def _declared_gigabyte(stack) -> int:  # type: ignore[no-untyped-def]
 def assert_no_orphans(stack) -> None:  # type: ignore[no-untyped-def]
     with stack.sessions()() as s:
         recorded = set(s.scalars(select(Version.object_key)))
-        assert all(m.dokument_id for m in s.scalars(select(MailItem)))
+        # a duplicate delivery (intake/channels.py) has no document of its own
+        assert all(m.dokument_id for m in s.scalars(select(MailItem).where(MailItem.status != "duplicate")))
     stored = set(stack.store().list_keys())
     assert stored <= recorded, f"objects without a record: {sorted(stored - recorded)[:5]}"

@@ -17,7 +17,6 @@ import concurrent.futures
 import datetime as dt
 import os
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -33,6 +32,7 @@ from eakte.models import Akte
 from intake.catalog import load_catalog
 from tests.conftest import CORPUS
 from tests.integration.helpers import HUND, MELDE, application, pay, wait_for_case, wait_for_mail
+from tests.integration import test_mailroom_triage as triage_pages
 from tests.integration.test_mailroom import _scanned_letter
 from tests.servers import temporal_test_server_path
 from worker import Dependencies, case_activities
@@ -222,3 +222,84 @@ async def test_record_case_payment_expired(stack) -> None:
     finally:
         await env.shutdown()
 
+
+
+# -- mailroom v2 (codes, recognition, classification, triage actions) ----------------------------
+async def _letter(stack, http, name: str, data: bytes, ctype: str, wanted: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    r = await http.post("/v1/mailroom/scans", headers=stack.token(*MAILROOM), files=[("files", (name, data, ctype))])
+    assert r.status_code == 202, r.text
+    return await wait_for_mail(http, r.json()["items"][0]["id"], stack.token(*MAILROOM), status=wanted)
+
+
+async def test_record_mail_v2_filed_by_applicant_ref(stack) -> None:
+    if not _wanted("mail_v2_filed_applicant_ref"):
+        return
+    async with stack.client() as http:
+        case = await _case(stack, http, application(MELDE), "awaiting_decision")
+        page = triage_pages.page([*triage_pages.sender("rec"), f"Meine Vorgangsnummer: {case['applicant_ref']}",
+                                  "anbei die Unterlagen."])
+        item = await _letter(stack, http, "ref.png", triage_pages.png(page), "image/png", ("filed", "triage"))
+        assert item["status"] == "filed" and item["match_method"] == "applicant_ref", item
+    await _dump(await stack.temporal(), item["id"], "mail_v2_filed_applicant_ref")
+
+
+async def test_record_mail_v2_classified_new_case(stack) -> None:
+    if not _wanted("mail_v2_classified_new_case"):
+        return
+    page = triage_pages.page(["Karl Hundmann", "Lindenweg 12", "12345 Musterstadt", "", "Betreff: Anmeldung meines "
+                              "Hundes zur Hundesteuer", "hiermit melde ich meinen neuen Hund an.",
+                              "Die Chipnummer und der Nachweis der Hundehaftpflicht liegen bei."])
+    async with stack.client() as http:
+        item = await _letter(stack, http, "hund.png", triage_pages.png(page), "image/png", ("filed", "triage"))
+        assert item["status"] == "filed" and item["match_method"] == "classified", item
+    await _dump(await stack.temporal(), item["id"], "mail_v2_classified_new_case")
+
+
+async def test_record_mail_v2_split_stack(stack) -> None:
+    if not _wanted("mail_v2_split_stack"):
+        return
+    pages = [triage_pages.page([*triage_pages.sender("a"), "Betreff: Frage"]), triage_pages.separator_scan(),
+             triage_pages.page([*triage_pages.sender("b"), "Betreff: Beschwerde"])]
+    async with stack.client() as http:
+        item = await _letter(stack, http, "stapel.pdf", triage_pages.pdf(pages), "application/pdf", ("split", "triage"))
+        assert item["status"] == "split", item
+        child = await wait_for_mail(http, f"{item['id']}-1", stack.token(*MAILROOM), status=("triage",))
+        r = await http.post(f"/v1/mailroom/items/{child['id']}/close", json={"reason": "erledigt"},
+                            headers=stack.token(*MAILROOM))
+        assert r.status_code == 200, r.text
+    await _dump(await stack.temporal(), item["id"], "mail_v2_split_stack")
+    await _dump(await stack.temporal(), child["id"], "mail_v2_split_part")
+
+
+async def test_record_mail_v2_routed_then_closed(stack) -> None:
+    if not _wanted("mail_v2_routed_closed"):
+        return
+    page = triage_pages.page([*triage_pages.sender("r"), "Betreff: Allgemeine Anfrage", "ich habe eine Frage."])
+    async with stack.client() as http:
+        item = await _letter(stack, http, "anfrage.png", triage_pages.png(page), "image/png", ("triage",))
+        r = await http.post(f"/v1/mailroom/items/{item['id']}/route", json={"department": "buergerbuero"},
+                            headers=stack.token(*MAILROOM))
+        assert r.status_code == 200, r.text
+        r = await http.post(f"/v1/mailroom/items/{item['id']}/close", json={"reason": "telefonisch erledigt"},
+                            headers=stack.token(*CLERK))
+        assert r.status_code == 200, r.text
+    await _dump(await stack.temporal(), item["id"], "mail_v2_routed_closed")
+
+
+async def test_record_mail_v2_merged_then_new_case(stack) -> None:
+    if not _wanted("mail_v2_merge_new_case"):
+        return
+    async with stack.client() as http:
+        items = []
+        for n in (1, 2):
+            page = triage_pages.page([*triage_pages.sender(f"m{n}"), f"Betreff: Unterlagen Teil {n}"])
+            items.append(await _letter(stack, http, f"t{n}.png", triage_pages.png(page), "image/png", ("triage",)))
+        r = await http.post(f"/v1/mailroom/items/{items[0]['id']}/merge", json={"item_ids": [items[1]["id"]]},
+                            headers=stack.token(*MAILROOM))
+        assert r.status_code == 200, r.text
+        await wait_for_mail(http, items[1]["id"], stack.token(*MAILROOM), status=("merged",))
+        r = await http.post(f"/v1/mailroom/items/{items[0]['id']}/new-case", json={"service_key": MELDE},
+                            headers=stack.token(*MAILROOM))
+        assert r.status_code == 200 and r.json()["status"] == "filed", r.text
+    await _dump(await stack.temporal(), items[0]["id"], "mail_v2_merge_new_case")
+    await _dump(await stack.temporal(), items[1]["id"], "mail_v2_merged")

@@ -30,7 +30,7 @@ def _font(size: int = 34) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(Path(reportlab.__file__).parent / "fonts" / "Vera.ttf"), size)
 
 
-def _page(lines: list[str], qr: str | None = None) -> Image.Image:
+def page(lines: list[str], qr: str | None = None) -> Image.Image:
     """One A4 page at 200 dpi as a scanner delivers it (greyscale, no text layer)."""
     img = Image.new("L", (1654, 2339), 255)
     d = ImageDraw.Draw(img)
@@ -43,19 +43,19 @@ def _page(lines: list[str], qr: str | None = None) -> Image.Image:
     return img
 
 
-def _png(img: Image.Image) -> bytes:
+def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", dpi=(200, 200))
     return buf.getvalue()
 
 
-def _pdf(pages: list[Image.Image]) -> bytes:
+def pdf(pages: list[Image.Image]) -> bytes:
     buf = io.BytesIO()
     pages[0].save(buf, format="PDF", resolution=200, save_all=True, append_images=pages[1:])
     return buf.getvalue()
 
 
-def _separator_scan() -> Image.Image:
+def separator_scan() -> Image.Image:
     """The printable separator sheet, printed and scanned back (rasterised at 200 dpi)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "sheet.pdf"
@@ -65,7 +65,7 @@ def _separator_scan() -> Image.Image:
         return Image.open(Path(tmp) / "p.png").convert("L").copy()
 
 
-def _sender(tag: str) -> list[str]:
+def sender(tag: str) -> list[str]:
     return [f"Erika Muster{tag}", "Hauptstraße 5, 12345 Musterstadt", "", "An die Stadt Musterstadt", ""]
 
 
@@ -89,9 +89,9 @@ async def test_the_applicant_reference_number_files_a_letter_into_its_case(stack
         case = await _open_case(stack, http)
         ref = case["applicant_ref"]
         assert ref and ref.startswith("B-"), case
-        letter = _page([*_sender("ref"), f"Meine Vorgangsnummer: {ref}", "",
+        letter = page([*sender("ref"), f"Meine Vorgangsnummer: {ref}", "",
                         "anbei die Kopie meines Personalausweises.", "Mit freundlichen Grüßen"])
-        item_id = await _upload(stack, http, "vorgangsnummer.png", _png(letter), "image/png")
+        item_id = await _upload(stack, http, "vorgangsnummer.png", png(letter), "image/png")
         item = await wait_for_mail(http, item_id, mailroom, status=FINAL)
     assert item["status"] == "filed", item
     assert item["case_id"] == case["case_id"] and item["match_method"] == "applicant_ref"
@@ -107,9 +107,9 @@ async def test_an_aktenzeichen_with_one_misread_digit_still_finds_its_only_case(
         az = case["aktenzeichen"]  # e.g. 32.10-2026-000042
         year_digit = az[9]
         garbled = az[:9] + ("8" if year_digit != "8" else "3") + az[10:]
-        letter = _page([*_sender("near"), f"Ihr Zeichen: {garbled}", "", "Sehr geehrte Damen und Herren,",
+        letter = page([*sender("near"), f"Ihr Zeichen: {garbled}", "", "Sehr geehrte Damen und Herren,",
                         "hier die fehlende Unterlage.", "Mit freundlichen Grüßen"])
-        item_id = await _upload(stack, http, "verlesen.png", _png(letter), "image/png")
+        item_id = await _upload(stack, http, "verlesen.png", png(letter), "image/png")
         item = await wait_for_mail(http, item_id, mailroom, status=FINAL)
     assert item["status"] == "filed", item
     assert item["case_id"] == case["case_id"] and item["match_method"] == "aktenzeichen_near"
@@ -127,9 +127,9 @@ async def test_the_qr_code_on_our_own_certificate_files_the_reply_into_its_case(
                                                                      Dokument.verification_code.is_not(None)))
         assert code
         url = stack.settings.public_base_url.rstrip("/") + f"/v1/verify/{code}"
-        letter = _page([*_sender("qr"), "Sehr geehrte Damen und Herren,", "anbei zurück wie gewünscht.",
+        letter = page([*sender("qr"), "Sehr geehrte Damen und Herren,", "anbei zurück wie gewünscht.",
                         "Mit freundlichen Grüßen"], qr=url)
-        item_id = await _upload(stack, http, "antwort.png", _png(letter), "image/png")
+        item_id = await _upload(stack, http, "antwort.png", png(letter), "image/png")
         item = await wait_for_mail(http, item_id, mailroom, status=FINAL)
     assert item["status"] == "filed", item
     assert item["case_id"] == case["case_id"] and item["match_method"] == "qr"
@@ -138,13 +138,13 @@ async def test_the_qr_code_on_our_own_certificate_files_the_reply_into_its_case(
 async def test_a_clear_letter_without_reference_starts_a_case_for_its_service(stack) -> None:
     mailroom = stack.token("post-1", "mailroom")
     tag = uuid.uuid4().hex[:6]
-    letter = _page(["Karl Hundmann", "Lindenweg 12", "12345 Musterstadt", "", "An die Stadt Musterstadt",
+    letter = page(["Karl Hundmann", "Lindenweg 12", "12345 Musterstadt", "", "An die Stadt Musterstadt",
                     "Steueramt", "", "Betreff: Anmeldung meines Hundes zur Hundesteuer", "",
                     "Sehr geehrte Damen und Herren,", "hiermit melde ich meinen neuen Hund an.",
                     "Die Chipnummer und der Nachweis der Hundehaftpflicht liegen bei.",
                     f"Bitte senden Sie mir die Hundemarke zu. ({tag})", "Mit freundlichen Grüßen"])
     async with stack.client() as http:
-        item_id = await _upload(stack, http, "hund.png", _png(letter), "image/png")
+        item_id = await _upload(stack, http, "hund.png", png(letter), "image/png")
         item = await wait_for_mail(http, item_id, mailroom, status=FINAL)
         assert item["status"] == "filed", item
         assert item["match_method"] == "classified"
@@ -161,10 +161,10 @@ async def test_a_clear_letter_without_reference_starts_a_case_for_its_service(st
 
 async def test_a_scanned_stack_is_split_at_separator_sheets_into_letters(stack) -> None:
     mailroom = stack.token("post-1", "mailroom")
-    first = _page([*_sender("a"), "Betreff: Frage zur Straßenreinigung", "Wann wird die Straße gereinigt?"])
-    second_1 = _page([*_sender("b"), "Betreff: Beschwerde", "Seite eins meines Schreibens."])
-    second_2 = _page(["Seite zwei meines Schreibens.", "Mit freundlichen Grüßen"])
-    stack_pdf = _pdf([first, _separator_scan(), second_1, second_2])
+    first = page([*sender("a"), "Betreff: Frage zur Straßenreinigung", "Wann wird die Straße gereinigt?"])
+    second_1 = page([*sender("b"), "Betreff: Beschwerde", "Seite eins meines Schreibens."])
+    second_2 = page(["Seite zwei meines Schreibens.", "Mit freundlichen Grüßen"])
+    stack_pdf = pdf([first, separator_scan(), second_1, second_2])
     async with stack.client() as http:
         item_id = await _upload(stack, http, "stapel.pdf", stack_pdf, "application/pdf")
         item = await wait_for_mail(http, item_id, mailroom, status=FINAL)
@@ -181,11 +181,11 @@ async def test_a_scanned_stack_is_split_at_separator_sheets_into_letters(stack) 
 async def test_triage_route_close_and_the_rules_around_them(stack) -> None:
     mailroom = stack.token("post-1", "mailroom")
     tag = uuid.uuid4().hex[:6]
-    unclear = _page([*_sender("t"), f"Betreff: Allgemeine Anfrage {tag}", "",
+    unclear = page([*sender("t"), f"Betreff: Allgemeine Anfrage {tag}", "",
                      "Sehr geehrte Damen und Herren,", "ich habe eine Frage zu meinem Anliegen.",
                      "Mit freundlichen Grüßen"])
     async with stack.client() as http:
-        item_id = await _upload(stack, http, "anfrage.png", _png(unclear), "image/png")
+        item_id = await _upload(stack, http, "anfrage.png", png(unclear), "image/png")
         item = await wait_for_mail(http, item_id, mailroom, status=FINAL)
         assert item["status"] == "triage", item
         clerk_bb = stack.token("clerk-bb", "clerk", "buergerbuero")
@@ -234,9 +234,9 @@ async def test_triage_new_case_merge_and_manual_split(stack) -> None:
     async with stack.client() as http:
         ids = []
         for n in (1, 2):
-            page = _page([*_sender(f"m{n}"), f"Betreff: Unterlagen Teil {n} {tag}", "",
+            scan = page([*sender(f"m{n}"), f"Betreff: Unterlagen Teil {n} {tag}", "",
                           f"Dies ist Teil {n} meiner Sendung."])
-            ids.append(await _upload(stack, http, f"teil{n}.png", _png(page), "image/png"))
+            ids.append(await _upload(stack, http, f"teil{n}.png", png(scan), "image/png"))
         items = [await wait_for_mail(http, i, mailroom, status=FINAL) for i in ids]
         assert [x["status"] for x in items] == ["triage", "triage"], items
         r = await http.post(f"/v1/mailroom/items/{ids[0]}/merge", json={"item_ids": [ids[1]]}, headers=mailroom)
@@ -270,7 +270,7 @@ async def test_triage_new_case_merge_and_manual_split(stack) -> None:
         assert decision is not None and decision.learn and decision.service_key == MELDE
 
 
-async def test_separator_sheet_is_served_as_a_printable_pdf(stack) -> None:
+async def test_separator_sheet_is_served_as_a_printablepdf(stack) -> None:
     async with stack.client() as http:
         r = await http.get("/v1/mailroom/separator-sheet", headers=stack.token("post-1", "mailroom"))
         assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"

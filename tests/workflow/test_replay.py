@@ -24,6 +24,9 @@ WORKFLOWS = {"case": CaseWorkflow, "mail": MailItemWorkflow, "disposal": Disposa
 SCENARIOS = {
     "case_happy_path", "case_rejected", "case_payment_expired", "case_triage_no_service",
     "case_triage_then_routed", "mail_filed", "mail_triage", "mail_triage_then_assigned", "mail_failed_invalid",
+    # mailroom v2: recognition, classification, separator sheets, triage actions
+    "mail_v2_filed_applicant_ref", "mail_v2_classified_new_case", "mail_v2_split_stack", "mail_v2_split_part",
+    "mail_v2_routed_closed", "mail_v2_merge_new_case", "mail_v2_merged",
     "disposal_destroyed", "disposal_nothing_due",
 }
 

@@ -153,7 +153,9 @@ class OcrActivities:
             full = "\n\n".join(t for t in [f"Betreff: {mail.subject}" if mail.subject else "", mail.body, *texts]
                                 if t and t.strip())
             await asyncio.to_thread(self._record_email, item_id, mail, full, pages, notes)
-            return c.OcrSummary(status="processed", pages=pages, empty=not full.strip())
+            empty = not full.strip()
+            return c.OcrSummary(status="processed", pages=pages, empty=empty,
+                                reason="The e-mail has no text and no readable attachment." if empty else None)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

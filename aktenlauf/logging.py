@@ -33,9 +33,12 @@ def register_secrets(values: Iterable[str | None]) -> None:
 
 def secret_values(settings: Any) -> list[str]:
     """The secrets a process holds: JWT, webhook and certificate secrets, S3 and Temporal keys,
-    the payload keys (each key and the whole setting) and the database password."""
+    the payload keys (each key and the whole setting), the database and the IMAP password."""
     values = [settings.jwt_secret, settings.payment_webhook_secret, settings.certificate_code_secret,
               settings.s3_secret_key, settings.temporal_api_key, settings.payload_keys]
+    imap_password = getattr(settings, "imap_password", None)
+    if imap_password is not None:
+        values.append(imap_password.get_secret_value())
     for part in settings.payload_keys.split(","):
         values.append(part.strip().partition(":")[2])
     try:

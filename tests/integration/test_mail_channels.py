@@ -376,7 +376,7 @@ def _mailbox(dovecot: PrivateDovecot, name: str) -> list[int]:
         conn.logout()
 
 
-async def test_the_imap_poller_submits_each_message_once_and_moves_it(stack, dovecot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_imap_poller_submits_each_message_once_and_moves_it(stack, dovecot, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     mailroom = stack.token("post-1", "mailroom")
     word = "Kolibri" + uuid.uuid4().hex[:4]
     messages = [
@@ -415,3 +415,10 @@ async def test_the_imap_poller_submits_each_message_once_and_moves_it(stack, dov
     rows = _items(stack, hashlib.sha256(messages[1]).hexdigest())
     assert [r.status == "duplicate" for r in rows] == [False, True]
     assert _mailbox(dovecot, "INBOX") == []
+    wrong = ImapConfig(host="127.0.0.1", port=dovecot.port, user=dovecot.user, password="falsch-" + dovecot.password,
+                       tls="none", state_file=tmp_path / "imap-state.json")
+    with pytest.raises(Exception) as refused:  # imaplib.error
+        await ImapPoller(wrong, submitter(services)).poll_once()
+    assert wrong.password not in f"{refused.value!r} {wrong!r}"
+    out = capsys.readouterr()
+    assert dovecot.password not in out.out + out.err

@@ -11,7 +11,7 @@ import yaml
 from aktenlauf.settings import Settings
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
-APP_SERVICES = ("api", "worker", "ocr-worker", "migrate", "search-attributes")
+APP_SERVICES = ("api", "worker", "ocr-worker", "migrate", "search-attributes", "mailroom-watch", "mailroom-imap")
 
 
 def _compose() -> dict:

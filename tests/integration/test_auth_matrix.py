@@ -33,6 +33,7 @@ from eakte.models import Vorgang
 from tests.integration.helpers import MELDE, PDF, application, wait_for_case
 
 ALL = frozenset({"integrator", "clerk", "mailroom", "admin", "archivist"})
+MAILROOM_AND_CLERKS = frozenset({"mailroom", "admin", "clerk"})
 
 # Routes anyone may call without a bearer token, and why.
 PUBLIC: dict[tuple[str, str], str] = {
@@ -67,9 +68,17 @@ GATES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/documents/{document_id}/versions/{number}/content"): ALL,
     ("POST", "/v1/documents/{document_id}/versions"): ALL,
     ("POST", "/v1/mailroom/scans"): frozenset({"mailroom", "admin"}),
-    ("GET", "/v1/mailroom/items"): frozenset({"mailroom", "admin"}),
-    ("GET", "/v1/mailroom/items/{item_id}"): frozenset({"mailroom", "admin"}),
-    ("POST", "/v1/mailroom/items/{item_id}/assign"): frozenset({"mailroom", "admin"}),
+    ("POST", "/v1/mailroom/emails"): frozenset({"mailroom", "admin"}),
+    # clerks pass the gate: they see (and act on) only the letters routed to their departments
+    ("GET", "/v1/mailroom/items"): MAILROOM_AND_CLERKS,
+    ("GET", "/v1/mailroom/separator-sheet"): MAILROOM_AND_CLERKS,
+    ("GET", "/v1/mailroom/items/{item_id}"): MAILROOM_AND_CLERKS,
+    ("POST", "/v1/mailroom/items/{item_id}/assign"): MAILROOM_AND_CLERKS,
+    ("POST", "/v1/mailroom/items/{item_id}/route"): MAILROOM_AND_CLERKS,
+    ("POST", "/v1/mailroom/items/{item_id}/new-case"): MAILROOM_AND_CLERKS,
+    ("POST", "/v1/mailroom/items/{item_id}/split"): MAILROOM_AND_CLERKS,
+    ("POST", "/v1/mailroom/items/{item_id}/merge"): MAILROOM_AND_CLERKS,
+    ("POST", "/v1/mailroom/items/{item_id}/close"): MAILROOM_AND_CLERKS,
     ("GET", "/v1/admin/cases"): frozenset({"admin"}),
     ("GET", "/v1/admin/cases/{case_id}"): frozenset({"admin"}),
     ("GET", "/v1/aktenplan"): ALL,
@@ -106,6 +115,14 @@ REQUESTS: dict[tuple[str, str], Any] = {
     ("POST", "/v1/documents/{document_id}/versions"): lambda: _pdf_upload(reason="Rechteprüfung"),
     ("POST", "/v1/mailroom/scans"): lambda: _pdf_upload(),
     ("POST", "/v1/mailroom/items/{item_id}/assign"): lambda: {"json": {"aktenzeichen": "32.10-2026-000001"}},
+    ("POST", "/v1/mailroom/emails"): lambda: {"files": {"files": (
+        "brief.eml", io.BytesIO(b"From: a@example.org\r\nTo: post@example.org\r\nSubject: Test\r\n\r\nHallo "
+                                + uuid.uuid4().hex.encode() + b"\r\n"), "message/rfc822")}},
+    ("POST", "/v1/mailroom/items/{item_id}/route"): lambda: {"json": {"department": "buergerbuero"}},
+    ("POST", "/v1/mailroom/items/{item_id}/new-case"): lambda: {"json": {"service_key": MELDE}},
+    ("POST", "/v1/mailroom/items/{item_id}/split"): lambda: {"json": {"parts": [[1, 1], [2, 2]]}},
+    ("POST", "/v1/mailroom/items/{item_id}/merge"): lambda: {"json": {"item_ids": ["mail-0123456789abcdef"]}},
+    ("POST", "/v1/mailroom/items/{item_id}/close"): lambda: {"json": {"reason": "Rechteprüfung"}},
     ("GET", "/v1/akten"): lambda: {"params": {"aktenzeichen": "32.10-2026-000001"}},
     ("PUT", "/v1/akten/{akte_id}/confidentiality"): lambda: {
         "json": {"confidential": True, "roles": ["personalrat"], "reason": "Rechteprüfung"}},

@@ -33,8 +33,8 @@ from rapidfuzz.distance import Levenshtein
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from intake.ocr import extract_text, run_ocr  # noqa: E402
-from intake.sniff import IntakeLimits  # noqa: E402
+from intake.ocr import extract_text, run_ocr
+from intake.sniff import IntakeLimits
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "scans"
 FILES = ["linn.pdf", "skew.pdf", "rotated_skew.pdf"]

@@ -119,7 +119,7 @@ def extract_page_texts(pdf_path: Path) -> list[str]:
 def _page_text(page: Any) -> str:
     try:
         return str(page.extract_text() or "")
-    except Exception:  # pypdf raises many types on odd content streams
+    except Exception:  # noqa: BLE001 - pypdf raises many types on odd content streams
         return ""
 
 

@@ -54,7 +54,17 @@ allows with this Ghostscript.  The original upload is archived separately by
 the caller anyway; these outputs are the searchable working copies.
 
 Tesseract threads: the parent sets ``OMP_THREAD_LIMIT`` in this process's
-environment; ocrmypdf runs with ``jobs=1``.
+environment only (never in the worker's); ocrmypdf runs with ``jobs=1`` and hands
+that limit to every tesseract it starts, so N parallel jobs use N x limit threads.
+
+Verified by tests/unit/test_ocr_corpus.py: every claimed PDF/A (scan, mixed and
+born-digital paths) passes ``pikepdf.pdfa.validate_written``; born-digital text
+comes back unchanged; multipage.pdf's existing text page is kept as it was.
+
+With ``--parent-pid`` the job kills its own process group as soon as that
+process (the worker) is gone, so a worker killed with SIGKILL leaves no OCR
+running.  ``peak_rss_mb`` in the result is the larger of this process's and its
+largest reaped child's peak resident memory.
 """
 
 from __future__ import annotations
@@ -226,7 +236,7 @@ def _run_and_classify(args: JobArgs) -> JobResult:
     except MemoryError:
         traceback.print_exc()
         return _resource_limit()
-    except Exception as exc:  # the contract: never an exception, never a traceback as reason
+    except Exception as exc:  # noqa: BLE001 - the contract: never an exception, never a traceback as reason
         traceback.print_exc()
         code, reason = _classify_exception(exc)
         return JobResult(status="failed", code=code, reason=reason)
@@ -272,7 +282,14 @@ def _image_to_pdf(image_path: Path, out: Path, default_dpi: int) -> Path:
     sources: list[Path] = [image_path]
     if not convertible:
         sources = _flatten_frames(image_path, out.parent, frames)
-    out.write_bytes(img2pdf.convert([str(p) for p in sources], **options))
+    try:
+        out.write_bytes(img2pdf.convert([str(p) for p in sources], **options))
+    except Exception as exc:  # img2pdf is strict (e.g. bytes after a PNG's IEND); Pillow is not
+        if sources != [image_path]:
+            raise
+        log.info("ocr_job.image_reencoded", why=str(exc)[:200])
+        sources = _flatten_frames(image_path, out.parent, frames)
+        out.write_bytes(img2pdf.convert([str(p) for p in sources], **options))
     return out
 
 
@@ -464,18 +481,18 @@ def _classify_exception(exc: BaseException) -> tuple[str, str]:
         (ox.EncryptedPdfError, "encrypted",
          "The PDF is encrypted; ask the sender for an unprotected copy."),
         (ox.DigitalSignatureError, "digitally_signed",
-         "The PDF carries a digital signature that text recognition would invalidate; "
-         "it must be handled by hand."),
+         ("The PDF carries a digital signature that text recognition would invalidate; "
+          "it must be handled by hand.")),
         (ox.DpiError, "not_a_supported_file",
          "The image does not state its resolution and could not be converted."),
         (ox.UnsupportedImageFormatError, "not_a_supported_file",
          "The image format variant is not supported."),
         (ox.InputFileError, "unreadable_pdf",
-         "The PDF is damaged or uses features that cannot be read; ask the sender to send "
-         "it again or as a plain scan."),
+         ("The PDF is damaged or uses features that cannot be read; ask the sender to send "
+          "it again or as a plain scan.")),
         (ox.MissingDependencyError, "ocr_failed",
-         "The text recognition system is not set up correctly (a program is missing); "
-         "please inform IT."),
+         ("The text recognition system is not set up correctly (a program is missing); "
+          "please inform IT.")),
         (ox.SubprocessOutputError, "ocr_failed",
          "The text recognition program failed on this document."),
     ]

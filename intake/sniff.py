@@ -340,7 +340,7 @@ def _max_image_pixels(resources: object, depth: int, seen: set[tuple[int, int]])
         entries = resources.get(category)
         if not isinstance(entries, pikepdf.Dictionary):
             continue
-        for _, obj in entries.items():
+        for obj in entries.values():
             largest = max(largest, _object_pixels(obj, depth, seen))
     return largest
 
@@ -382,7 +382,7 @@ def _has_text_layer(path: Path) -> bool:
 def _page_has_text(page: object) -> bool:
     try:
         return bool(page.extract_text().strip())  # type: ignore[attr-defined]
-    except Exception:  # pypdf raises many types on odd content streams
+    except Exception:  # noqa: BLE001 - pypdf raises many types on odd content streams
         return False
 
 

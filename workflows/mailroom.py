@@ -26,8 +26,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows import contracts as c
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# no attempt limit: an OCR step that fails because S3, the database or the OCR worker is away
+# waits for them (a bad file is not an error: it ends as an outcome with a reason)
 OCR_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=2),
-                        maximum_attempts=5, non_retryable_error_types=["IntakeRejected"])
+                        non_retryable_error_types=["IntakeRejected"])
 # waiting for a case this letter started to be opened (its Aktenzeichen assigned)
 CASE_OPEN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=1.5,
                               maximum_interval=timedelta(seconds=10))

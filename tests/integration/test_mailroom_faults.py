@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,8 +165,10 @@ async def wait_for_ocr_child(worker: subprocess.Popen[bytes], timeout: float = 1
 
 
 async def upload(stack: Stack, http: httpx.AsyncClient, name: str) -> str:
+    """Upload a corpus PDF, made unique (a comment after %%EOF) so the duplicate check lets it in."""
+    data = (CORPUS / name).read_bytes() + f"\n% {uuid.uuid4().hex}\n".encode()
     r = await http.post("/v1/mailroom/scans", headers=stack.token("post-faults", "mailroom"),
-                        files=[("files", (name, (CORPUS / name).read_bytes(), "application/pdf"))])
+                        files=[("files", (name, data, "application/pdf"))])
     assert r.status_code == 202, r.text
     return str(r.json()["items"][0]["id"])
 

@@ -244,7 +244,7 @@ class MailItem(Base):
     #: the scanned stack (separator pages) or triage item this letter was split from / merged into
     parent_id: Mapped[str | None] = mapped_column(String(64), index=True)
     #: how the letter found its case: aktenzeichen | qr | applicant_ref | classified | mailroom
-    match_method: Mapped[str | None] = mapped_column(String(16))
+    match_method: Mapped[str | None] = mapped_column(String(24))
     #: department a mailroom clerk routed the letter to (status "routed")
     department: Mapped[str | None] = mapped_column(String(64), index=True)
     #: classification result: [{"service_key", "department", "score", "reasons": [...]}, ...] best first

@@ -76,13 +76,17 @@ def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableS3]:
 
 
 @pytest.fixture(scope="module")
-def ocr_fault_stack(database_url: str, temporal_server, own_s3: RestartableS3,  # type: ignore[no-untyped-def]
+def ocr_fault_stack(temporal_server, own_s3: RestartableS3,  # type: ignore[no-untyped-def]
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """API and case worker in this process; no OCR worker (each test runs its own process)."""
+    """API and case worker in this process; no OCR worker (each test runs its own process).
+
+    On SQLite only: what is under test is the OCR worker and S3 going away, not the database
+    (the database's own outage is tests/integration/test_db_outage.py); one backend halves the
+    suite's longest minutes."""
     from api.app import create_app
     from eakte.db import migrate
 
-    with fresh_database(database_url, tmp_path_factory) as url:
+    with fresh_database("sqlite://", tmp_path_factory) as url:
         migrate(url)
         port = devstack.free_port()
         settings = stack_settings(url, temporal_server, own_s3, port)

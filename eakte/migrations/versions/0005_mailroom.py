@@ -22,7 +22,7 @@ def upgrade() -> None:
         t.add_column(sa.Column('origin', sa.JSON(), nullable=False, server_default='{}'))
         t.add_column(sa.Column('duplicate_of', sa.String(length=64), nullable=True))
         t.add_column(sa.Column('parent_id', sa.String(length=64), nullable=True))
-        t.add_column(sa.Column('match_method', sa.String(length=16), nullable=True))
+        t.add_column(sa.Column('match_method', sa.String(length=24), nullable=True))
         t.add_column(sa.Column('department', sa.String(length=64), nullable=True))
         t.add_column(sa.Column('suggestions', sa.JSON(), nullable=False, server_default='[]'))
         t.create_index('ix_mail_item_duplicate_of', ['duplicate_of'])

@@ -207,14 +207,19 @@ def _read(msg: EmailMessage, limits: EmailLimits) -> ParsedEmail:
                        attachments=attachments, defects=defects, skipped_inline=skipped)
 
 
-def _walk(part: Message, depth: int, in_related: bool, leaves: list[_Leaf], counter: list[int],
-          limits: EmailLimits) -> None:
+def _count_part(depth: int, counter: list[int], limits: EmailLimits) -> None:
+    """One more MIME part at this depth: refuse the message once it has too many or nests too deep."""
     counter[0] += 1
     if counter[0] > limits.max_parts:
         raise EmailRejected("too_many_parts", f"Die E-Mail hat mehr als {limits.max_parts} MIME-Teile.")
     if depth > limits.max_depth:
         raise EmailRejected("email_too_deep",
                             f"Die E-Mail ist tiefer als {limits.max_depth} Ebenen verschachtelt.")
+
+
+def _walk(part: Message, depth: int, in_related: bool, leaves: list[_Leaf], counter: list[int],
+          limits: EmailLimits) -> None:
+    _count_part(depth, counter, limits)
     if part.is_multipart() and part.get_content_maintype() == "multipart":
         related = in_related or part.get_content_subtype() == "related"
         payload = part.get_payload()
@@ -232,12 +237,7 @@ def _walk(part: Message, depth: int, in_related: bool, leaves: list[_Leaf], coun
 
 
 def _count_only(part: Message, depth: int, counter: list[int], limits: EmailLimits) -> None:
-    counter[0] += 1
-    if counter[0] > limits.max_parts:
-        raise EmailRejected("too_many_parts", f"Die E-Mail hat mehr als {limits.max_parts} MIME-Teile.")
-    if depth > limits.max_depth:
-        raise EmailRejected("email_too_deep",
-                            f"Die E-Mail ist tiefer als {limits.max_depth} Ebenen verschachtelt.")
+    _count_part(depth, counter, limits)
     payload = part.get_payload() if part.is_multipart() or part.get_content_type() == "message/rfc822" else None
     for sub in payload if isinstance(payload, list) else []:
         if isinstance(sub, Message):

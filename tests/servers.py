@@ -450,3 +450,29 @@ __all__ = [
     "temporal_server",
     "temporal_test_server_path",
 ]
+
+
+
+@dataclass
+class RestartableS3:
+    """A SeaweedFS of a test's own that can be stopped and started again (same port, same data):
+    for S3 outages in the middle of a step."""
+
+    data_dir: Path
+    port: int
+    server: devstack.SeaweedS3 | None = None
+    access_key = TEST_S3_ACCESS_KEY
+    secret_key = TEST_S3_SECRET_KEY
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.server = devstack.start_seaweedfs(self.data_dir, s3_port=self.port, access_key=self.access_key,
+                                               secret_key=self.secret_key, log_file=self.data_dir / "weed.log")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

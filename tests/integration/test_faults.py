@@ -24,38 +24,13 @@ from aktenlauf.embedded import ApiServer
 from eakte.models import Akte, Dispatch, Dokument, Vorgang
 from tests.conftest import Stack, fresh_database, running_stack, stack_settings
 from tests.integration.helpers import HUND, MELDE, PDF, application, wait_for_case
-from tests.servers import TEST_S3_ACCESS_KEY, TEST_S3_SECRET_KEY
+from tests.servers import RestartableS3
 
-
-
-@dataclass
-class Outage:
-    """A SeaweedFS of our own that can be stopped and started again (same port, same data)."""
-
-    data_dir: Path
-    port: int
-    server: devstack.SeaweedS3 | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    access_key = TEST_S3_ACCESS_KEY
-    secret_key = TEST_S3_SECRET_KEY
-
-    def start(self) -> None:
-        self.server = devstack.start_seaweedfs(self.data_dir, s3_port=self.port, access_key=self.access_key,
-                                               secret_key=self.secret_key, log_file=self.data_dir / "weed.log")
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 @pytest.fixture(scope="module")
-def s3_outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
-    o = Outage(tmp_path_factory.mktemp("weed-outage"), devstack.free_port())
+def s3_outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableS3]:
+    o = RestartableS3(tmp_path_factory.mktemp("weed-outage"), devstack.free_port())
     o.start()
     try:
         yield o
@@ -64,7 +39,7 @@ def s3_outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
 
 
 @pytest.fixture(scope="module")
-def fault_stack(database_url: str, temporal_server, s3_outage: Outage,  # type: ignore[no-untyped-def]
+def fault_stack(database_url: str, temporal_server, s3_outage: RestartableS3,  # type: ignore[no-untyped-def]
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with (fresh_database(database_url, tmp_path_factory) as url,
           running_stack(url, temporal_server, s3_outage, register_timeout_s=3.0) as st):

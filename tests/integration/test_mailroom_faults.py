@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,37 +31,13 @@ from aktenlauf.embedded import ApiServer, WorkerThread
 from eakte.models import Dokument, MailItem, Version
 from tests.conftest import CORPUS, Stack, fresh_database, stack_settings
 from tests.integration.helpers import wait_for_mail
-from tests.servers import TEST_S3_ACCESS_KEY, TEST_S3_SECRET_KEY
+from tests.servers import RestartableS3
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What the OCR step of MailItemWorkflow waits before it retries an attempt that stopped
 #: heartbeating (workflows/mailroom.py), plus OCR time and slack on a busy 2-core machine.
 RESUME_TIMEOUT_S = 60 + 120
 S3_OUTAGE_S = 30.0
-
-
-@dataclass
-class RestartableS3:
-    """A SeaweedFS of our own that can be stopped and started again (same port, same data)."""
-
-    data_dir: Path
-    port: int
-    server: devstack.SeaweedS3 | None = None
-    access_key = TEST_S3_ACCESS_KEY
-    secret_key = TEST_S3_SECRET_KEY
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.server = devstack.start_seaweedfs(self.data_dir, s3_port=self.port, access_key=self.access_key,
-                                               secret_key=self.secret_key, log_file=self.data_dir / "weed.log")
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ of the stored object again when the workflow refuses the document."""
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,7 +17,7 @@ from aktenlauf.errors import AktenlaufError, InvalidInput, PayloadTooLarge, Unac
 from api.context import ApiContext
 from eakte.blobstore import BlobRef, TooLarge
 from eakte.verify import is_referenced
-from intake.sniff import IntakeLimits, IntakeRejected, detect_kind, inspect_file
+from intake.sniff import IntakeLimits, IntakeRejected, detect_kind, inspect_file, neutral_basename
 from workflows.contracts import DocumentRef
 
 CONTENT_TYPES = {"pdf": "application/pdf", "png": "image/png", "tiff": "image/tiff", "jpeg": "image/jpeg"}
@@ -90,10 +88,7 @@ class BodyLimit:
 
 def safe_filename(name: str | None, kind: str) -> str:
     """Strip paths, control characters and odd Unicode from a client-supplied filename."""
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = unicodedata.normalize("NFC", base)
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
-    base = re.sub(r"[^\w.\- ()äöüÄÖÜß]", "_", base).strip(" .")[:120]
+    base = neutral_basename(name)
     ext = {"pdf": ".pdf", "png": ".png", "tiff": ".tiff", "jpeg": ".jpg"}[kind]
     if not base:
         base = "dokument" + ext

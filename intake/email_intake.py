@@ -24,7 +24,7 @@ from email.message import EmailMessage, Message
 from html.parser import HTMLParser
 from pathlib import Path
 
-from intake.sniff import detect_kind
+from intake.sniff import detect_kind, neutral_basename
 
 CONTENT_TYPES = {"pdf": "application/pdf", "png": "image/png", "tiff": "image/tiff", "jpeg": "image/jpeg"}
 EXTENSIONS = {"pdf": ".pdf", "png": ".png", "tiff": ".tiff", "jpeg": ".jpg"}
@@ -351,10 +351,7 @@ def neutral_filename(name: str | None, *, default: str, ext: str) -> str:
     """The sender's filename without paths, control characters and odd Unicode (the rules of
     ``api.uploads.safe_filename``), ending in ``ext`` when one is given (the sniffed type wins
     over the name: ``rechnung.pdf.exe`` that is a PDF is stored as ``rechnung.pdf.exe.pdf``)."""
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = unicodedata.normalize("NFC", base)
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
-    base = re.sub(r"[^\w.\- ()äöüÄÖÜß]", "_", base).strip(" .")[:120]
+    base = neutral_basename(name)
     if not base:
         base = default + ext
     if ext and not base.lower().endswith(_ALIASES.get(ext, (ext,))):

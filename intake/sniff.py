@@ -50,6 +50,8 @@ Encryption policy:
 
 from __future__ import annotations
 
+import unicodedata
+
 import base64
 import binascii
 import re
@@ -690,3 +692,12 @@ _DECODERS = {
     "/ASCIIHexDecode": _ascii_hex, "/AHx": _ascii_hex,
     "/ASCII85Decode": _ascii85, "/A85": _ascii85,
 }
+
+
+def neutral_basename(name: str | None) -> str:
+    """A client's or sender's filename without directories, control characters and odd Unicode
+    (at most 120 characters; may come back empty). Uploads and e-mail attachments share it."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = unicodedata.normalize("NFC", base)
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
+    return re.sub(r"[^\w.\- ()äöüÄÖÜß]", "_", base).strip(" .")[:120]

@@ -130,11 +130,13 @@ async def separator_sheet(ctx: Ctx) -> Response:
                     headers={"Content-Disposition": 'inline; filename="trennblatt.pdf"'})
 
 
-async def _item(ctx: ApiContext, p: Principal, item_id: str) -> tuple[MailItem, list[Dokument]]:
+async def _item(ctx: ApiContext, p: Principal, item_id: str, *,
+                documents: bool = True) -> tuple[MailItem, list[Dokument]]:
+    """The letter if the caller may see it (404 otherwise), with its documents if asked for."""
     def load(s: Session) -> tuple[MailItem | None, list[Dokument]]:
         m = s.get(MailItem, item_id)
         docs = list(s.scalars(select(Dokument).where(Dokument.mail_item_id == item_id)
-                              .order_by(Dokument.created_at, Dokument.id))) if m is not None else []
+                              .order_by(Dokument.created_at, Dokument.id))) if m is not None and documents else []
         return m, docs
 
     m, docs = await ctx.db(load)
@@ -155,7 +157,7 @@ def _actor(p: Principal) -> c.Actor:
 
 
 async def _update(ctx: ApiContext, p: Principal, item_id: str, update: Any, arg: Any) -> MailItemOut:
-    await _item(ctx, p, item_id)
+    await _item(ctx, p, item_id, documents=False)  # visibility only
     try:
         await bounded(ctx.client().get_workflow_handle(item_id).execute_update(update, arg),
                       ctx.settings.update_timeout_s)

@@ -24,6 +24,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.case import CaseActivities
 from activities.disposal import DisposalActivities
+from activities.dispatch import DispatchActivities, SmtpMailer, WebhookSender
 from activities.mailroom import MailroomActivities
 from activities.codes import CodeActivities
 from activities.ocr import OcrActivities
@@ -35,6 +36,7 @@ from aktenlauf.wiring import blob_store, session_factory
 from eakte.blobstore import BlobStore
 from aktenlauf import wiring
 from intake.separator import SeparatorConfig
+from intake.templates import load_templates
 from intake.sniff import IntakeLimits
 from workflows.case import CaseWorkflow
 from workflows.disposal import DisposalWorkflow
@@ -60,19 +62,30 @@ def case_activities(deps: Dependencies) -> list[object]:
     s = deps.settings
     catalog = wiring.catalog(s)
     case = CaseActivities(deps.sessions, deps.store, catalog, certificate_secret=s.certificate_code_secret,
-                          verify_base_url=s.public_base_url.rstrip("/") + "/v1/verify/")
+                          verify_base_url=s.public_base_url.rstrip("/") + "/v1/verify/",
+                          seal=wiring.document_seal(s, catalog.authority_name),
+                          templates=load_templates(s.document_templates_path, catalog))
     payment = PaymentActivities(
         PaymentProvider(s.payment_base_url, s.public_base_url.rstrip("/") + "/v1/payments/webhook"),
-        case.record_payment,
+        case.record_payment, deps.sessions,
     )
     mail = MailroomActivities(deps.sessions, deps.store, catalog, auto_case_threshold=s.mailroom_auto_case_threshold,
                               ocr_task_queue=s.ocr_task_queue)
+    dispatch = DispatchActivities(
+        deps.sessions, deps.store, catalog, public_base_url=s.public_base_url,
+        mailer=SmtpMailer(s.smtp_host, s.smtp_port, s.smtp_from, starttls=s.smtp_starttls, user=s.smtp_user,
+                          password=s.smtp_password, timeout=s.smtp_timeout_s) if s.smtp_host else None,
+        webhook=WebhookSender(s.integrator_webhook_secret, timeout=s.integrator_webhook_timeout_s),
+        max_attempts=s.dispatch_max_attempts)
+    register_secrets([v for v in (s.smtp_password.get_secret_value(), s.integrator_webhook_secret) if v])
     return [
         case.open_case, case.record_progress, case.file_document, case.issue_document, case.dispatch_document,
         case.archive_case, payment.request_payment, payment.cancel_payment,
+        payment.poll_payment, payment.refund_payment,
         mail.register_mail_item, mail.set_mail_status, mail.match_mail_reference, mail.file_letter,
         mail.match_mail_reference_v2, mail.classify_mail_item, mail.record_mail_triage, mail.prepare_case_from_letter,
         mail.await_case_open, mail.split_mail_item, mail.merge_mail_items,
+        dispatch.dispatch_document_v2, dispatch.notify,
     ]
 
 

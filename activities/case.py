@@ -20,8 +20,11 @@ from eakte import records, search
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
 from eakte.models import Dokument, utcnow
-from eakte.render import Authority, DocumentData, render_document, verification_code
+from eakte.render import Authority, DocumentData, format_date_de, format_eur, render_document, verification_code
+from eakte.seal import Seal
 from intake.catalog import Catalog
+from intake.templates import KINDS as NOTICE_KINDS
+from intake.templates import Templates, load_templates
 from workflows import contracts as c
 
 log = structlog.get_logger(__name__)
@@ -29,12 +32,17 @@ log = structlog.get_logger(__name__)
 
 class CaseActivities:
     def __init__(self, sessions: sessionmaker[Session], store: BlobStore, catalog: Catalog, *,
-                 certificate_secret: str, verify_base_url: str) -> None:
+                 certificate_secret: str, verify_base_url: str, seal: Seal | None = None,
+                 templates: Templates | None = None) -> None:
         self.sessions = sessions
         self.store = store
         self.catalog = catalog
         self.certificate_secret = certificate_secret.encode()
         self.verify_base_url = verify_base_url
+        # the authority's electronic seal on every issued document (worker.py always passes one;
+        # None only where a caller builds the activities without one: documents are then unsealed)
+        self.seal = seal
+        self.templates = templates if templates is not None else load_templates(catalog=catalog)
 
     def _bind(self, case_id: str) -> None:
         info = activity.info()
@@ -70,7 +78,7 @@ class CaseActivities:
                 applicant=asdict(p.applicant), form=p.form, fingerprint=p.fingerprint,
                 fee_cents=p.service.fee_cents if p.service else 0,
                 retention_years=p.service.retention_years if p.service else self._plan_retention(file_plan),
-                status=c.RECEIVED,
+                status=c.RECEIVED, notify_url=p.notify_url,
             )
             doc = records.file_document(
                 s, key=f"{p.case_id}:application", ref=ref, kind="Antrag", title="Antrag", filename="antrag.json",
@@ -90,7 +98,10 @@ class CaseActivities:
         self._bind(p.case_id)
         fields = {k: getattr(p, k) for k in ("department", "due_on", "decision", "decided_by", "decision_reason",
                                                "payment_status", "service_key", "service_name", "fee_cents",
-                                               "retention_years") if getattr(p, k) is not None}
+                                               "retention_years", "deadline_at", "waiting_for", "waiting_until",
+                                               "first_decision_by", "cosigned_by") if getattr(p, k) is not None}
+        if p.escalated is not None:
+            fields["escalated_at"] = utcnow() if p.escalated else None
         note = None
         if p.decided_by:  # the decision is a document too: an Entscheidungsvermerk in the Akte
             verdict = {"approved": "Antrag bewilligt", "rejected": "Antrag abgelehnt"}.get(p.decision or "", p.decision)
@@ -104,6 +115,10 @@ class CaseActivities:
                     records.audit(s, actor=p.decided_by, role="clerk", action=f"case.{p.decision}",
                                   target_type="case", target_id=p.case_id, case_id=p.case_id,
                                   reason=p.decision_reason)
+                if p.audit_action:  # forward, co-sign, deadline extension, withdrawal, cancel, escalation
+                    records.audit(s, actor=p.actor or "system", role="system" if not p.actor else "user",
+                                  action=p.audit_action, target_type="case", target_id=p.case_id, case_id=p.case_id,
+                                  reason=p.reason)
                 if note is not None:
                     v = records.get_case(s, p.case_id)
                     records.file_document(
@@ -146,10 +161,30 @@ class CaseActivities:
                           target_id=doc.id, case_id=p.case_id, details={"kind": doc.kind, "sha256": ref.sha256})
             return doc.id
 
+    #: Dokument kind and (fixed, personal-data-free) title of each issued kind
+    _ISSUED_AS = {
+        "certificate": ("Urkunde", "{service}"),
+        "rejection": ("Bescheid", "Ablehnungsbescheid {service}"),
+        "nachforderung": ("Schreiben", "Nachforderung von Unterlagen {service}"),
+        "cancellation": ("Bescheid", "Einstellung des Verfahrens {service}"),
+        "withdrawal": ("Schreiben", "Bestätigung der Antragsrücknahme {service}"),
+    }
+
     @activity.defn(name=c.ACT_ISSUE_DOCUMENT)
     def issue_document(self, p: c.IssueParams) -> str:
+        """Render the notice from its template, seal it, store it and file it in the Akte.
+
+        Idempotent under ``{case_id}:issue:{kind}`` (``:{seq}`` appended for a further notice of the
+        same kind): a retry returns the filed document. The sealed bytes are deterministic for the
+        same inputs (issued_on from workflow time, signing time from it, RSA PKCS#1 v1.5), so a
+        retry after a crash between the S3 put and the commit writes the same object."""
         self._bind(p.case_id)
-        key = f"{p.case_id}:issue:{p.kind}"
+        if p.kind not in NOTICE_KINDS:
+            raise ApplicationError(f"unknown document kind {p.kind!r}; expected one of {NOTICE_KINDS}",
+                                   type=c.ERR_INVALID, non_retryable=True)
+        if p.seq < 0:
+            raise ApplicationError(f"seq must not be negative, got {p.seq}", type=c.ERR_INVALID, non_retryable=True)
+        key = f"{p.case_id}:issue:{p.kind}" if p.seq == 0 else f"{p.case_id}:issue:{p.kind}:{p.seq}"
         with transaction(self.sessions) as s:
             v = records.get_case(s, p.case_id)
             existing = s.scalar(select(Dokument).where(Dokument.idempotency_key == key))
@@ -158,32 +193,64 @@ class CaseActivities:
             applicant = v.applicant or {}
             dept = self.catalog.departments.get(v.department or "")
             code = verification_code(self.certificate_secret, key)
-            data = DocumentData(
-                kind="certificate" if p.kind == "certificate" else "rejection",
-                authority=Authority(name=self.catalog.authority_name, department=dept.name if dept else "",
-                                    address_lines=self.catalog.authority_address,
-                                    verify_base_url=self.verify_base_url),
-                service_name=v.service_name or "Anliegen", aktenzeichen=v.aktenzeichen, applicant_ref=v.applicant_ref,
-                applicant_name=str(applicant.get("name", "")),
-                applicant_address_lines=tuple(str(x) for x in applicant.get("address_lines", [])),
-                issued_on=dt.date.fromisoformat(p.issued_on) if p.issued_on else utcnow().date(),
-                verification_code=code, facts=tuple((str(k), str(val)) for k, val in sorted((v.form or {}).items())),
-                reason=p.reason, fee_cents=v.fee_cents,
-            )
+            issued_on = dt.date.fromisoformat(p.issued_on) if p.issued_on else utcnow().date()
+            try:
+                due_on = dt.date.fromisoformat(p.due_on) if p.due_on else None
+            except ValueError as exc:
+                raise ApplicationError(f"due_on is not an ISO date: {p.due_on!r}", type=c.ERR_INVALID,
+                                       non_retryable=True) from exc
+            service_name = v.service_name or "Anliegen"
+            applicant_name = str(applicant.get("name", ""))
+            fee_printed = v.fee_cents if p.kind in ("certificate", "rejection") else 0
+            filled = self.templates.fill(p.kind, v.service_key, {
+                "service_name": service_name, "aktenzeichen": v.aktenzeichen, "applicant_name": applicant_name,
+                "authority": self.catalog.authority_name, "department": dept.name if dept else "",
+                "issued_on": format_date_de(issued_on), "fee": format_eur(v.fee_cents) if v.fee_cents else "",
+                "due_on": format_date_de(due_on) if due_on else "", "items": ", ".join(p.items),
+                "reason": p.reason or "",
+            })
+            try:
+                data = DocumentData(
+                    kind=p.kind,  # type: ignore[arg-type]  # checked against NOTICE_KINDS above
+                    authority=Authority(name=self.catalog.authority_name, department=dept.name if dept else "",
+                                        address_lines=self.catalog.authority_address,
+                                        verify_base_url=self.verify_base_url),
+                    service_name=service_name, aktenzeichen=v.aktenzeichen, applicant_ref=v.applicant_ref,
+                    applicant_name=applicant_name,
+                    applicant_address_lines=tuple(str(x) for x in applicant.get("address_lines", [])),
+                    issued_on=issued_on, verification_code=code,
+                    facts=tuple((str(k), str(val)) for k, val in sorted((v.form or {}).items()))
+                    if p.kind in ("certificate", "rejection") else (),
+                    reason=p.reason, fee_cents=fee_printed,
+                    heading=filled.title, intro=filled.intro, closing=filled.closing,
+                    items=tuple(p.items), due_on=due_on,
+                    details=tuple((str(k), str(val)) for k, val in p.details.items()),
+                    sealed=self.seal is not None,
+                )
+            except ValueError as exc:  # a nachforderung without items, a rejection without reason ...
+                raise ApplicationError(str(exc), type=c.ERR_INVALID, non_retryable=True) from exc
             aktenzeichen, akte_id = v.aktenzeichen, v.akte_id
         pdf = render_document(data)
+        if self.seal is not None:  # sealed before storing: the stored, filed and verified file is the sealed one
+            pdf = self.seal.sign(pdf, self.seal.signing_time(issued_on), location=self.catalog.authority_name)
         ref = self.store.put_bytes(pdf, "application/pdf")  # deterministic bytes: a retry stores the same object
-        kind, title = ("Urkunde", v.service_name or "Bescheinigung") if p.kind == "certificate" else (
-            "Bescheid", f"Ablehnungsbescheid {v.service_name or ''}".strip())
+        doc_kind, title = self._ISSUED_AS[p.kind]
+        title = title.format(service=service_name).strip() + (f" ({p.seq + 1})" if p.seq else "")
+        suffix = f"-{p.seq}" if p.seq else ""
+        text = self._pdf_text(pdf)  # before the transaction: no connection held while parsing the PDF
         with transaction(self.sessions) as s:
+            existing = s.scalar(select(Dokument).where(Dokument.idempotency_key == key))
+            if existing is not None:  # a concurrent attempt filed it meanwhile (same bytes, same object)
+                return existing.id
             doc = records.file_document(
-                s, key=key, ref=ref, kind=kind, title=title, filename=f"{p.kind}-{aktenzeichen}.pdf",
+                s, key=key, ref=ref, kind=doc_kind, title=title, filename=f"{p.kind}-{aktenzeichen}{suffix}.pdf",
                 content_type="application/pdf", created_by="system", channel="system", akte_id=akte_id,
-                vorgang_id=p.case_id, public=True, verification_code=code,
-                text=self._pdf_text(pdf),
+                vorgang_id=p.case_id, public=True, verification_code=code, text=text,
             )
             records.audit(s, actor="system", role="system", action=f"document.issue.{p.kind}", target_type="document",
-                          target_id=doc.id, case_id=p.case_id)
+                          target_id=doc.id, case_id=p.case_id,
+                          details={"sha256": ref.sha256, "sealed": self.seal is not None, "seq": p.seq})
+            log.info("document.issued", kind=p.kind, seq=p.seq, sealed=self.seal is not None)
             return doc.id
 
     @activity.defn(name=c.ACT_DISPATCH)

@@ -125,9 +125,7 @@ def cmd_case(args: argparse.Namespace) -> int:
 
 def cmd_search_attributes(_: argparse.Namespace) -> int:
     """Register the custom search attributes on a Temporal cluster (production set-up)."""
-    from temporalio.api.enums.v1 import IndexedValueType
-    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-
+    from aktenlauf.devstack import ensure_search_attributes
     from aktenlauf.temporal import connect
     from workflows.search import ALL
 
@@ -135,9 +133,7 @@ def cmd_search_attributes(_: argparse.Namespace) -> int:
 
     async def run() -> None:
         client = await connect(s)
-        await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-            namespace=s.temporal_namespace,
-            search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in ALL}))
+        await ensure_search_attributes(client, s.temporal_namespace, ALL)  # only the missing ones, typed
 
     asyncio.run(run())
     print("search attributes registered:", ", ".join(ALL))

@@ -39,6 +39,13 @@ def secret_values(settings: Any) -> list[str]:
     imap_password = getattr(settings, "imap_password", None)
     if imap_password is not None:
         values.append(imap_password.get_secret_value())
+    seal_passphrase = getattr(settings, "seal_key_passphrase", None)
+    if seal_passphrase is not None:
+        values.append(seal_passphrase.get_secret_value())
+    smtp_password = getattr(settings, "smtp_password", None)
+    if smtp_password is not None:
+        values.append(smtp_password.get_secret_value())
+    values.append(getattr(settings, "integrator_webhook_secret", "") or "")
     for part in settings.payload_keys.split(","):
         values.append(part.strip().partition(":")[2])
     try:

@@ -23,8 +23,10 @@ DEV_CERT_SECRET = "dev-only-certificate-code-secret"
 DEV_PAYLOAD_KEYS = "dev1:" + base64.b64encode(b"aktenlauf-dev-payload-key-32byte").decode()
 DEV_S3_ACCESS_KEY = "aktenlauf"
 DEV_S3_SECRET_KEY = "aktenlauf-dev-secret"
+DEV_INTEGRATOR_WEBHOOK_SECRET = "dev-only-integrator-webhook-secret"
 
-DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET, DEV_CERT_SECRET, DEV_PAYLOAD_KEYS, DEV_S3_SECRET_KEY}
+DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET, DEV_CERT_SECRET, DEV_PAYLOAD_KEYS, DEV_S3_SECRET_KEY,
+               DEV_INTEGRATOR_WEBHOOK_SECRET}
 
 
 class Settings(BaseSettings):
@@ -83,9 +85,25 @@ class Settings(BaseSettings):
     payment_provider_url: str = ""
     payment_webhook_secret: str = DEV_WEBHOOK_SECRET
     payment_webhook_tolerance_seconds: int = 300
+    # When the provider's callback has not arrived after this long the case asks the provider (status poll),
+    # then again after twice as long, up to every 6 hours.
+    payment_poll_seconds: int = Field(default=600, ge=1, le=86400)
+    # the sandbox provider: an open payment expires after this long (status 'expired', callback sent)
+    sandbox_payment_expiry_seconds: int = Field(default=1800, ge=1, le=30 * 86400)
 
     # Certificates
     certificate_code_secret: str = DEV_CERT_SECRET
+    # Electronic seal (elektronisches Siegel, eakte/seal.py): every issued document carries a PAdES
+    # signature made with this key and certificate (PEM or DER; an RSA key keeps the sealed bytes
+    # deterministic). Unset in dev/test: a self-signed development seal is created once under
+    # <VAR_DIR>/seal/. ENVIRONMENT=production refuses to start without both paths.
+    # SEAL_KEY_PASSPHRASE is a secret: never logged, shown as ********** in settings dumps.
+    seal_key_path: Path | None = None
+    seal_cert_path: Path | None = None
+    seal_key_passphrase: SecretStr = SecretStr("")
+    # Wording of certificates and notices per kind, with per-service overrides (data, not code)
+    document_templates_path: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parent.parent / "intake" / "templates.yaml")
 
     # Personal data in Temporal payloads: "kid:base64key[,kid:base64key...]", first is active
     payload_keys: str = DEV_PAYLOAD_KEYS
@@ -140,6 +158,26 @@ class Settings(BaseSettings):
     imap_state_file: Path | None = None
     # ---------------------------------------------------------------- end mailroom intake channels
 
+    # ---------------------------------------------------------------- dispatch (issue 5)
+    # E-mail dispatch of certificates/notices and applicant notifications over SMTP. Unset SMTP_HOST:
+    # the e-mail channel is not available and the next channel the service allows is used.
+    # SMTP_PASSWORD is a secret: never logged, shown as ********** in settings dumps.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_from: str = Field(default="Stadtverwaltung <noreply@aktenlauf.invalid>", min_length=3, max_length=300)
+    smtp_starttls: bool = True
+    smtp_user: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    # Webhooks to the integrator's notify_url (document.issued), signed like the payment callbacks:
+    # X-Aktenlauf-Signature: t=<unix>,v1=<HMAC-SHA256 hex of "<t>.<body>">
+    integrator_webhook_secret: str = DEV_INTEGRATOR_WEBHOOK_SECRET
+    integrator_webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # an e-mail or webhook dispatch given up after this many failed attempts (Temporal retries with
+    # back-off up to 1 min apart): the next channel the service allows takes over (the portal at last)
+    dispatch_max_attempts: int = Field(default=30, ge=1, le=1000)
+    # ---------------------------------------------------------------- end dispatch
+
     # OCR limits
     ocr_max_pages: int = 200
     ocr_timeout_per_page_s: float = 60.0
@@ -159,7 +197,8 @@ class Settings(BaseSettings):
             return self
         used = [
             name
-            for name in ("jwt_secret", "payment_webhook_secret", "certificate_code_secret", "payload_keys", "s3_secret_key")
+            for name in ("jwt_secret", "payment_webhook_secret", "certificate_code_secret", "payload_keys", "s3_secret_key",
+                         "integrator_webhook_secret")
             if getattr(self, name) in DEV_SECRETS
         ]
         if used:
@@ -168,8 +207,18 @@ class Settings(BaseSettings):
             )
         if self.imap_host and self.imap_tls == "none" and self.imap_host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError("IMAP_TLS=none sends the mailbox password in clear text: use ssl or starttls")
+        if (self.smtp_host and self.smtp_user and not self.smtp_starttls
+                and self.smtp_host not in ("127.0.0.1", "::1", "localhost")):
+            raise ValueError("SMTP_STARTTLS=false sends the SMTP password in clear text: enable STARTTLS")
         if len(self.jwt_secret) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _seal_configured_in_production(self) -> Settings:
+        if self.environment == "production" and (self.seal_key_path is None or self.seal_cert_path is None):
+            raise ValueError("ENVIRONMENT=production needs the authority's seal: set SEAL_KEY_PATH and "
+                             "SEAL_CERT_PATH (the development seal is refused outside dev and test)")
         return self
 
     @cached_property

@@ -9,6 +9,7 @@ from aktenlauf.settings import Settings
 from eakte.aktenplan import load_aktenplan
 from eakte.blobstore import BlobStore
 from eakte.db import make_engine, make_session_factory
+from eakte.seal import Seal, open_seal
 from intake.catalog import Catalog, load_catalog
 
 
@@ -24,3 +25,11 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
 def catalog(settings: Settings) -> Catalog:
     """The service catalog, checked against the Aktenplan (both data files from the settings)."""
     return load_catalog(settings.catalog_path, load_aktenplan(settings.aktenplan_path))
+
+
+def document_seal(settings: Settings, authority_name: str) -> Seal:
+    """The authority's electronic seal for issued documents: the configured key and certificate,
+    or in dev/test a development seal created once under <VAR_DIR>/seal/ (refused in production)."""
+    passphrase = settings.seal_key_passphrase.get_secret_value().encode() or None
+    return open_seal(settings.seal_key_path, settings.seal_cert_path, passphrase, dev_dir=settings.var_dir / "seal",
+                     name=authority_name, production=settings.environment == "production")

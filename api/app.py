@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from aktenlauf.logging import register_secrets, secret_values
@@ -20,7 +19,9 @@ from api import problems
 from api.context import ApiContext
 from api.middleware import RequestContext
 from api.uploads import BodyLimit
-from api.routers import mailroom_intake
+from api.routers import mailroom_intake, status
+from api.routers import dispatch
+from api.routers import metrics, opendata
 from api.routers import (admin, akten, audit, cases, codec, disposal, documents, exchange, health, mailroom, payments,
                          sandbox_payment, search, services, tasks)
 from aktenlauf import wiring
@@ -88,5 +89,10 @@ def create_app(settings: Settings | None = None, ctx: ApiContext | None = None) 
               search, exchange, disposal):
         app.include_router(r.router)
     app.include_router(mailroom_intake.router)  # mailroom intake: scans and e-mails (intake/channels.py)
+    app.include_router(dispatch.router)  # applicant messages, staff notifications, print batches
+    app.include_router(tasks.deputies)  # Vertretung (deputies) beside the work lists
+    app.include_router(status.router)  # the citizen's status page (public, access code)
+    app.include_router(metrics.router)  # GET /metrics: Prometheus, aggregate figures only (aktenlauf/metrics.py)
+    app.include_router(opendata.router)  # public statistics, small counts suppressed
     codec.install(app, settings)  # Temporal UI codec server (admins, audited; CORS on /v1/codec only)
     return app

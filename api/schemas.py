@@ -7,8 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-LongText = Annotated[str, StringConstraints(max_length=4000)]
+#: Free text that reaches the case workflow's activities must not hold NUL characters: PostgreSQL text cannot
+#: store them, and an activity that cannot store its input retries for ever (the fuzzer found a deadline
+#: extension whose reason did that). Refused here with 422 instead.
+NO_NUL = r"^[^\x00]*$"
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=NO_NUL)]
+LongText = Annotated[str, StringConstraints(max_length=4000, pattern=NO_NUL)]
 
 
 class ApplicantIn(BaseModel):
@@ -18,6 +22,9 @@ class ApplicantIn(BaseModel):
     email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
     id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
         default=None, description="The applicant's id at the integrator (e.g. service account id)")
+    delivery: Literal["portal", "email", "post", "webhook"] | None = Field(
+        default=None, description="How the applicant wants the certificate/notice: used when the service allows "
+                                  "that channel (GET /v1/services: dispatch_channels), otherwise the service's default")
 
 
 class CaseCreate(BaseModel):
@@ -27,6 +34,8 @@ class CaseCreate(BaseModel):
     applicant: ApplicantIn
     form: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)], LongText] = Field(
         default_factory=dict, max_length=100)
+    notify_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s\x00]+$")] | None = Field(
+        default=None, description="Where the integrator receives signed webhooks (dispatch channel webhook)")
 
     @field_validator("form")
     @classmethod
@@ -40,6 +49,8 @@ class CaseCreated(BaseModel):
     case_id: str
     aktenzeichen: str
     status: str
+    #: the citizen's key to GET /v1/status/{aktenzeichen} (header X-Access-Code) and to withdraw
+    access_code: str | None = None
 
 
 class TimelineOut(BaseModel):
@@ -127,8 +138,42 @@ class CaseRouted(BaseModel):
 
 class DecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    decision: Literal["approve", "reject"]
-    reason: Annotated[str, StringConstraints(max_length=4000, strip_whitespace=True)] | None = None
+    decision: Literal["approve", "reject", "request_documents", "forward"] = Field(
+        description="approve | reject (reason required; a rejection notice is issued) | request_documents "
+                    "(Nachforderung: `missing` lists what the citizen must send, within `days`; the case waits and the "
+                    "processing deadline pauses) | forward (to `department`, reason required)")
+    reason: Annotated[str, StringConstraints(max_length=4000, strip_whitespace=True, pattern=NO_NUL)] | None = None
+    missing: list[Annotated[str, StringConstraints(min_length=1, max_length=300, strip_whitespace=True, pattern=NO_NUL)]] = Field(
+        default_factory=list, max_length=20)
+    days: int = Field(default=0, ge=0, le=180, description="time for the missing documents; 0 = the service's default")
+    department: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z0-9_-]+$")] | None = None
+
+
+class CoSignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agree: bool
+    reason: Annotated[str, StringConstraints(max_length=4000, strip_whitespace=True, pattern=NO_NUL)] = ""
+
+
+class DeadlineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    days: int = Field(ge=1, le=365)
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=4000, strip_whitespace=True, pattern=NO_NUL)]
+
+
+class DeadlineOut(BaseModel):
+    case_id: str
+    deadline_at: dt.datetime
+
+
+class WithdrawIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True, pattern=NO_NUL)] = ""
+
+
+class WithdrawOut(BaseModel):
+    case_id: str
+    status: str
 
 
 class DecisionOut(BaseModel):

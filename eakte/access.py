@@ -17,6 +17,9 @@ The rules, in one place:
   confidential, and letters not yet filed.
 * **archivist** sees the metadata of closed Akten (to appraise them for Aussonderung);
   content only with a reason, like admins.
+* **teamlead** (Teamleitung) is a clerk of their departments who also steers the work:
+  assigns cases to clerks, sets priorities, names deputies for anyone in the department
+  (eakte/inbox.py). A token with ``teamlead`` is treated as also holding ``clerk``.
 
 Everything else is invisible: an id the caller may not see answers 404, exactly like an id
 that does not exist, so guessing ids (IDOR) reveals nothing.
@@ -31,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, String, and_, cast, false, or_, true
 
-ROLES = ("integrator", "clerk", "mailroom", "admin", "archivist")
+ROLES = ("integrator", "clerk", "mailroom", "admin", "archivist", "teamlead")
 NAMED_ROLE = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
 
 
@@ -41,12 +44,17 @@ class Principal:
     roles: tuple[str, ...] = ()
     departments: tuple[str, ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        # a team lead works cases like any clerk of their departments: every clerk rule applies
+        if "teamlead" in self.roles and "clerk" not in self.roles:
+            object.__setattr__(self, "roles", (*self.roles, "clerk"))
+
     def has(self, role: str) -> bool:
         return role in self.roles
 
     @property
     def primary_role(self) -> str:
-        for role in ("admin", "archivist", "clerk", "mailroom", "integrator"):
+        for role in ("admin", "archivist", "teamlead", "clerk", "mailroom", "integrator"):
             if role in self.roles:
                 return role
         return "none"
@@ -121,6 +129,11 @@ def can_decide(p: Principal, *, department: str | None, confidential: bool = Fal
                confidential_roles: Iterable[str] | None = None) -> bool:
     return (p.has("clerk") and department is not None and department in p.departments
             and cleared_for(p, confidential, confidential_roles))
+
+
+def is_teamlead_of(p: Principal, department: str | None) -> bool:
+    """Team lead of this department (assign, reprioritise, name deputies there)."""
+    return p.has("teamlead") and department is not None and department in p.departments
 
 
 def can_add_document(p: Principal, *, department: str | None, integrator: str, confidential: bool = False,

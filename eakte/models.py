@@ -115,6 +115,27 @@ class Vorgang(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[dt.datetime | None]
+    # -- casework (migration 0006) -----------------------------------------------------------
+    #: the integrator's URL for signed webhooks (dispatch channel "webhook")
+    notify_url: Mapped[str | None] = mapped_column(Text)
+    #: the processing deadline while it runs; NULL while it is paused (waiting for the citizen)
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Nachforderung: what the citizen was asked for, and until when
+    waiting_for: Mapped[list[str]] = mapped_column(JSON, default=list)
+    waiting_until: Mapped[dt.date | None] = mapped_column(Date)
+    #: Vier-Augen-Prinzip: who decided first, who co-signed
+    first_decision_by: Mapped[str | None] = mapped_column(String(200))
+    cosigned_by: Mapped[str | None] = mapped_column(String(200))
+    # -- work lists (migration 0009, eakte/inbox.py): who works on the case, how urgent it is
+    #: the clerk who claimed the case (or a team lead assigned it to); NULL: open to the department
+    assignee: Mapped[str | None] = mapped_column(String(200), index=True)
+    assigned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: low | normal | high | urgent, set by the department's team lead
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
+    # -- payments (migration 0007): the amount asked for by the current payment, refunded so far
+    payment_amount_cents: Mapped[int | None] = mapped_column(Integer)
+    refunded_cents: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     akte: Mapped[Akte] = relationship(back_populates="vorgaenge")
     # the clerk's inbox: open decisions of a department by due date (migration 0004)
     __table_args__ = (Index("ix_vorgang_inbox", "department", "status", "due_on", "created_at"),)
@@ -205,6 +226,12 @@ class TimelineEvent(Base):
 
 
 class Dispatch(Base):
+    """A document sent to the applicant over one channel (portal | email | post | webhook).
+
+    ``key`` (case, document, channel) makes it exactly-once: a retried activity finds the row and
+    never sends again once ``status`` is ``sent``. See activities/dispatch.py for the states.
+    """
+
     __tablename__ = "dispatch"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     key: Mapped[str] = mapped_column(String(200), unique=True)
@@ -212,6 +239,29 @@ class Dispatch(Base):
     dokument_id: Mapped[str] = mapped_column(ForeignKey("dokument.id"))
     channel: Mapped[str] = mapped_column(String(32))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # -- dispatch channels (migration 0008); rows of the first dispatch activity are 'sent' portal rows
+    #: queued (post: waits for the print batch) | sending (claimed; SMTP/HTTP under way) | sent | failed
+    status: Mapped[str] = mapped_column(String(16), default="sent", server_default="sent")
+    #: which rule chose the channel: workflow | applicant_choice | catalog_default | catalog_fallback |
+    #: portal_fallback; with the reasons in ``decision``
+    rule: Mapped[str | None] = mapped_column(String(24))
+    decision: Mapped[str | None] = mapped_column(Text)
+    #: where it went: {"email": ...} | {"url": ...} | {"name": ..., "address_lines": [...]} (post)
+    recipient: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: the document version sent
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: when the current 'sending' claim was taken (a second claim waits out the lease)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: e-mail: the Message-ID (derived from ``key``; a re-send after a crash carries the same one)
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    #: post: the day's print batch the letter belongs to (local date) and when it was printed
+    batch_date: Mapped[dt.date | None] = mapped_column(Date)
+    printed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (Index("ix_dispatch_batch", "channel", "batch_date"),
+                      Index("ix_dispatch_document", "vorgang_id", "dokument_id"))
 
 
 class MailItem(Base):
@@ -330,12 +380,22 @@ class DisposalRecord(Base):
 
 
 class WebhookDelivery(Base):
-    """Payment-provider callbacks already accepted (replay protection)."""
+    """Payment-provider callbacks already accepted (replay protection): one row per event id.
+
+    ``outcome`` says what became of it: ``received`` (claimed, the signal to the case not yet
+    confirmed), ``signalled``, ``amount_mismatch`` (a 'paid' event for another amount than we
+    asked for: recorded, never counted as paid), ``case_closed`` (the case had finished).
+    """
 
     __tablename__ = "webhook_delivery"
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     payment_id: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # -- migration 0007
+    case_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(16))
+    amount_cents: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str | None] = mapped_column(String(24))
 
 
 class SandboxPayment(Base):
@@ -349,8 +409,146 @@ class SandboxPayment(Base):
     currency: Mapped[str] = mapped_column(String(3))
     purpose: Mapped[str] = mapped_column(String(300))
     callback_url: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open paid declined cancelled
+    #: open paid declined expired cancelled refunded (refunded: the whole amount went back)
+    status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
     callback_delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    # -- migration 0007
+    return_url: Mapped[str | None] = mapped_column(Text)
+    #: the test scenario chosen on the payment page (pay, decline, pay_lost_callback, ...)
+    scenario: Mapped[str | None] = mapped_column(String(32))
+    #: an open payment expires then (NULL: created before expiry existed, never expires)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    refunded_cents: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class SandboxRefund(Base):
+    """A refund at the sandbox provider (idempotent per Idempotency-Key)."""
+
+    __tablename__ = "sandbox_refund"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    payment_id: Mapped[str] = mapped_column(ForeignKey("sandbox_payment.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="refunded")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PaymentRecord(Base):
+    """Our payment ledger: every payment a case asked the provider for (one per attempt), and
+    the last status we learned of it (callback, poll, cancel, refund). The webhook finds the
+    case of a payment here, also for an earlier attempt's late event."""
+
+    __tablename__ = "payment_record"
+    payment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(64), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    payment_url: Mapped[str] = mapped_column(Text)
+    #: open paid declined expired cancelled refunded
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    refunded_cents: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PaymentReceipt(Base):
+    """Zahlungseingang: a payment received, exactly one row per payment however often the
+    provider confirms it (callback retries, duplicates, the poll)."""
+
+    __tablename__ = "payment_receipt"
+    payment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(64), index=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    #: how we learned of it: callback | poll
+    source: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PaymentRefund(Base):
+    """A refund we made (Erstattung), one per case and payment: the key makes retries safe."""
+
+    __tablename__ = "payment_refund"
+    refund_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    case_id: Mapped[str] = mapped_column(String(64), index=True)
+    payment_id: Mapped[str] = mapped_column(String(64), index=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Vertretung(Base):
+    """A deputy arrangement: ``deputy`` acts for ``principal`` on the cases of ``department``
+    from ``valid_from`` until (excluding) ``valid_until`` (eakte/inbox.py). Revoked rows stay,
+    so who could act for whom at any time can still be answered later."""
+
+    __tablename__ = "vertretung"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    principal: Mapped[str] = mapped_column(String(200), index=True)
+    deputy: Mapped[str] = mapped_column(String(200), index=True)
+    department: Mapped[str] = mapped_column(String(64), index=True)
+    valid_from: Mapped[dt.datetime]
+    valid_until: Mapped[dt.datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class Notification(Base):
+    """A message without a document (reminder, escalation, "payment failed"), exactly once per ``key``.
+
+    ``audience`` applicant: e-mailed when the service allows e-mail and the applicant gave an
+    address, else kept for the portal (GET /v1/cases/{id}/messages); department | assignee |
+    teamlead: the staff inbox (GET /v1/notifications), scoped by ``department``.
+    """
+
+    __tablename__ = "notification"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    vorgang_id: Mapped[str] = mapped_column(ForeignKey("vorgang.id"), index=True)
+    department: Mapped[str | None] = mapped_column(String(64), index=True)
+    audience: Mapped[str] = mapped_column(String(16))
+    #: assignee: the clerk meant (when the case has one)
+    recipient: Mapped[str | None] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(300))
+    text: Mapped[str] = mapped_column(Text)
+    #: email | portal | staff
+    channel: Mapped[str] = mapped_column(String(16))
+    #: sending (e-mail claimed) | sent | failed (e-mail given up: kept for the portal instead)
+    status: Mapped[str] = mapped_column(String(16), default="sent")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    read_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    read_by: Mapped[str | None] = mapped_column(String(200))
+    __table_args__ = (Index("ix_notification_inbox", "department", "audience", "id"),)
+
+
+class PrintBatch(Base):
+    """The day's letters for the post channel, printed once: the PDF handed to the print room
+    is kept in S3, so printing the same day again gives the same bytes."""
+
+    __tablename__ = "print_batch"
+    batch_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    #: the dispatch ids in print order (frozen at the first print)
+    dispatch_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    letters: Mapped[int] = mapped_column(Integer)
+    pages: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    printed_by: Mapped[str] = mapped_column(String(200))
+    printed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

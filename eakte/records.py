@@ -90,6 +90,7 @@ def open_case(
     fee_cents: int,
     retention_years: int,
     status: str,
+    notify_url: str | None = None,
 ) -> Vorgang:
     existing = session.get(Vorgang, case_id)
     if existing is not None:
@@ -104,6 +105,7 @@ def open_case(
         service_key=service_key, service_name=service_name,
         department=None, status=status, step="intake", integrator=integrator,
         applicant_id=applicant.get("id"), applicant=applicant, form=form, fingerprint=fingerprint, fee_cents=fee_cents,
+        notify_url=notify_url,
     )
     session.add(vorgang)
     session.flush()
@@ -192,6 +194,10 @@ def record_event(
     if session.scalar(select(TimelineEvent.id).where(TimelineEvent.key == key)) is not None:
         return False
     vorgang = get_case(session, case_id)
+    # an empty step/status keeps the case where it is: events recorded beside the main flow
+    # (deadline reminders, escalations, notes) must not move the read model back
+    step = step or vorgang.step
+    status = status or vorgang.status
     vorgang.step = step
     vorgang.status = status
     vorgang.updated_at = utcnow()
@@ -199,10 +205,14 @@ def record_event(
     if "retention_years" in fields:  # kept on the Akte: it decides the retention date at closing
         vorgang.akte.retention_years = int(fields.pop("retention_years"))
     for name, value in fields.items():
-        if name == "due_on" and isinstance(value, str):
-            value = dt.date.fromisoformat(value)
+        if name in ("due_on", "waiting_until") and isinstance(value, str):
+            value = dt.date.fromisoformat(value) if value else None
+        elif name == "deadline_at" and isinstance(value, str):
+            value = dt.datetime.fromisoformat(value) if value else None
         setattr(vorgang, name, value)
     if "department" in fields:
+        if vorgang.akte.department and vorgang.akte.department != vorgang.department:
+            vorgang.assignee = vorgang.assigned_at = None  # forwarded: open to the new department's clerks
         vorgang.akte.department = vorgang.department
     if "service_name" in fields:
         vorgang.akte.title = str(fields["service_name"])

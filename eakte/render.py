@@ -1,6 +1,7 @@
-"""Rendering of official documents (certificates and rejection notices) as PDF.
+"""Rendering of official documents (certificates, rejection notices, requests for missing
+documents, cancellation and withdrawal notices) as PDF/A-2b.
 
-Framework-free: this module only depends on reportlab and the standard library.
+Framework-free: this module only depends on reportlab, pikepdf and the standard library.
 It must never import FastAPI or Temporal, and never read ``os.environ``.
 
 The output is *deterministic*: the same :class:`DocumentData` always renders to
@@ -17,6 +18,19 @@ Layout follows DIN 5008 form B loosely: letterhead, address window
 (20 mm from the left, 45 mm from the top, 85 x 45 mm), information block at
 125 mm, body from ~98 mm, fold and hole marks, and a footer carrying the
 verification code, verification URL and a QR code of that URL on every page.
+
+The wording comes from the per-service templates (intake/templates.yaml, filled by
+intake/templates.py) as ``heading``/``intro``/``closing``; the structured parts (facts table,
+list of missing documents with the deadline, detail lines, reason, fee, legal remedy notice)
+are placed here per kind. Without template text the built-in wording is used.
+
+PDF/A: reportlab cannot write PDF/A itself, so the rendered file is post-processed with
+pikepdf (:func:`_make_pdfa`): XMP metadata claiming PDF/A-2b and agreeing with the Info
+dictionary, an sRGB output intent, the print flag on every annotation, no empty/undefined Info
+entries. All fonts are embedded subsets (Bitstream Vera), there is no encryption, no
+JavaScript and no transparency. The seal (eakte/seal.py) is appended later as an incremental
+update, which PDF/A-2 allows. Not checked here with a conformance validator (veraPDF is not
+available on this machine).
 """
 
 from __future__ import annotations
@@ -26,7 +40,6 @@ import functools
 import hashlib
 import hmac
 import io
-import itertools
 import os.path
 import re
 import threading
@@ -68,8 +81,10 @@ __all__ = [
     "verification_code",
 ]
 
-DocumentKind = Literal["certificate", "rejection"]
-_KINDS: Final = ("certificate", "rejection")
+DocumentKind = Literal["certificate", "rejection", "nachforderung", "cancellation", "withdrawal"]
+_KINDS: Final = ("certificate", "rejection", "nachforderung", "cancellation", "withdrawal")
+#: kinds that are administrative acts (Bescheide) and carry a legal remedy notice
+_REMEDY_KINDS: Final = ("rejection", "cancellation")
 
 
 # --------------------------------------------------------------------------
@@ -103,15 +118,29 @@ class DocumentData:
     reason: str | None = None  # rejection reason (required for kind="rejection")
     fee_cents: int = 0
     applicant_ref: str | None = None  # the applicant's reference number, e.g. "B-7K2M-Q9XA"
+    # template text (intake/templates.py), already filled: heading replaces the built-in title,
+    # intro/closing paragraphs frame the structured parts; **text** is printed bold
+    heading: str | None = None
+    intro: tuple[str, ...] = ()
+    closing: tuple[str, ...] = ()
+    items: tuple[str, ...] = ()  # nachforderung: the missing documents
+    due_on: datetime.date | None = None  # nachforderung: the deadline for them
+    details: tuple[tuple[str, str], ...] = ()  # fee lines, exemption, refund ...: label/value rows
+    sealed: bool = False  # the footer says the document carries the authority's electronic seal
 
     def __post_init__(self) -> None:
         _validate(self)
 
     @property
     def title(self) -> str:
-        if self.kind == "rejection":
-            return f"Ablehnungsbescheid: {self.service_name}"
-        return self.service_name
+        if self.heading and self.heading.strip():
+            return self.heading
+        return {
+            "rejection": f"Ablehnungsbescheid: {self.service_name}",
+            "nachforderung": f"Nachforderung von Unterlagen: {self.service_name}",
+            "cancellation": f"Einstellung des Verfahrens: {self.service_name}",
+            "withdrawal": f"Bestätigung der Antragsrücknahme: {self.service_name}",
+        }.get(self.kind, self.service_name)
 
     @property
     def verify_url(self) -> str:
@@ -121,8 +150,13 @@ class DocumentData:
 def _validate(data: DocumentData) -> None:
     if data.kind not in _KINDS:
         raise ValueError(f"unknown document kind {data.kind!r}; expected one of {_KINDS}")
-    if data.kind == "rejection" and (data.reason is None or not data.reason.strip()):
-        raise ValueError("a rejection notice requires a non-empty reason")
+    if data.kind in ("rejection", "cancellation") and (data.reason is None or not data.reason.strip()):
+        raise ValueError(f"a {data.kind} notice requires a non-empty reason")
+    if data.kind == "nachforderung":
+        if not data.items or not all(i.strip() for i in data.items):
+            raise ValueError("a nachforderung requires the list of missing documents")
+        if not isinstance(data.due_on, datetime.date):
+            raise ValueError("a nachforderung requires the deadline due_on")
     if isinstance(data.fee_cents, bool) or not isinstance(data.fee_cents, int):
         raise ValueError(f"fee_cents must be an int, got {data.fee_cents!r}")
     if data.fee_cents < 0:
@@ -415,8 +449,10 @@ class _Decorator:
                 ),
                 Spacer(0, 1.5),
                 Paragraph(
-                    "Dieses Dokument wurde maschinell erstellt und ist ohne Unterschrift gültig. "
-                    "Die Echtheit kann mit dem Prüfcode unter der angegebenen Adresse oder über "
+                    (f"Dieses Dokument trägt das elektronische Siegel der Behörde ({_esc(data.authority.name)}) "
+                     "und ist ohne Unterschrift gültig. " if data.sealed else
+                     "Dieses Dokument wurde maschinell erstellt und ist ohne Unterschrift gültig. ")
+                    + "Die Echtheit kann mit dem Prüfcode unter der angegebenen Adresse oder über "
                     "den QR-Code geprüft werden.",
                     st.tiny,
                 ),
@@ -600,36 +636,62 @@ _AUTOMATED_NOTE: Final = (
 )
 
 
+_BOLD_RE: Final = re.compile(r"\*\*(.+?)\*\*", re.S)
+
+
+def _markup(text: str) -> str:
+    """Template text to paragraph markup: escaped, ``**bold**`` and line breaks kept."""
+    return _BOLD_RE.sub(r"<b>\1</b>", _esc(text))
+
+
+def _builtin_intro(data: DocumentData) -> list[str]:
+    """The wording used when no template text is given (direct use of this module)."""
+    name, service, az = data.applicant_name, data.service_name, data.aktenzeichen
+    if data.kind == "certificate":
+        return [f"Auf Antrag von **{name}** wird hiermit Folgendes bescheinigt:"]
+    if data.kind == "rejection":
+        return [f"Guten Tag {name},", f"Ihr Antrag auf **{service}** (Aktenzeichen {az}) wird abgelehnt."]
+    if data.kind == "nachforderung":
+        return [f"Guten Tag {name},",
+                f"um Ihren Antrag auf **{service}** (Aktenzeichen {az}) bearbeiten zu können, benötigen wir "
+                "noch die folgenden Unterlagen:"]
+    if data.kind == "cancellation":
+        return [f"Guten Tag {name},", f"das Verfahren zu Ihrem Antrag auf **{service}** (Aktenzeichen {az}) "
+                                      "wird eingestellt."]
+    return [f"Guten Tag {name},", f"hiermit bestätigen wir, dass Sie Ihren Antrag auf **{service}** "
+                                  f"(Aktenzeichen {az}) zurückgenommen haben. Das Verfahren ist damit beendet."]
+
+
+def _items_list(items: Sequence[str], st: _Styles) -> list[Flowable]:
+    return [Paragraph(_esc(item), st.body, bulletText="•") for item in items]
+
+
 def _story(data: DocumentData, st: _Styles) -> list[Flowable]:
     story: list[Flowable] = [Paragraph(_esc(data.title), st.title)]
-    name = _esc(data.applicant_name)
-    service = _esc(data.service_name)
+    intro = list(data.intro) or _builtin_intro(data)
+    story += [Paragraph(_markup(p), st.body) for p in intro]
     if data.kind == "certificate":
-        story.append(Paragraph(f"Auf Antrag von <b>{name}</b> wird hiermit Folgendes bescheinigt:", st.body))
         if data.facts:
             story += [Spacer(0, 2), _facts_table(data.facts, st), Spacer(0, 8)]
-        if data.fee_cents:
-            story.append(Paragraph(f"<b>Gebühr: {format_eur(data.fee_cents)}</b>", st.body))
-        story.append(Paragraph(_AUTOMATED_NOTE, st.body))
-    else:
-        assert data.reason is not None  # guaranteed by _validate
-        story.append(Paragraph(f"Guten Tag {name},", st.body))
-        story.append(Paragraph(
-            f"Ihr Antrag auf <b>{service}</b> (Aktenzeichen {_esc(data.aktenzeichen)}) wird abgelehnt.",
-            st.body,
-        ))
-        if data.facts:
-            story += [Paragraph("Angaben zum Antrag", st.heading), _facts_table(data.facts, st),
-                      Spacer(0, 4)]
-        story += [Paragraph("Begründung", st.heading), Paragraph(_esc(data.reason), st.body)]
-        if data.fee_cents:
-            story.append(Paragraph(f"<b>Gebühr: {format_eur(data.fee_cents)}</b>", st.body))
-        story += [
-            Paragraph("Rechtsbehelfsbelehrung", st.heading),
-            Paragraph(_remedy_notice(data.authority), st.body),
-            Spacer(0, 4),
-            Paragraph(_AUTOMATED_NOTE, st.body),
-        ]
+    elif data.kind == "nachforderung":
+        story += _items_list(data.items, st)
+        assert data.due_on is not None  # guaranteed by _validate
+        story.append(Paragraph(f"<b>Bitte reichen Sie die Unterlagen bis zum {format_date_de(data.due_on)} "
+                               "ein.</b>", st.body))
+    elif data.facts:
+        story += [Paragraph("Angaben zum Antrag", st.heading), _facts_table(data.facts, st), Spacer(0, 4)]
+    if data.reason and data.reason.strip():
+        story += [Paragraph("Begründung" if data.kind in _REMEDY_KINDS else "Anmerkung", st.heading),
+                  Paragraph(_esc(data.reason), st.body)]
+    if data.details:
+        story += [Spacer(0, 4), _facts_table(data.details, st), Spacer(0, 6)]
+    if data.fee_cents:
+        story.append(Paragraph(f"<b>Gebühr: {format_eur(data.fee_cents)}</b>", st.body))
+    story += [Paragraph(_markup(p), st.body) for p in data.closing]
+    if data.kind in _REMEDY_KINDS:
+        story += [Paragraph("Rechtsbehelfsbelehrung", st.heading), Paragraph(_remedy_notice(data.authority), st.body),
+                  Spacer(0, 4)]
+    story.append(Paragraph(_AUTOMATED_NOTE, st.body))
     return story
 
 
@@ -686,4 +748,89 @@ def render_document(data: DocumentData) -> bytes:
         pdf, pages2 = _build(data, pages)
     if pages2 != pages:  # pragma: no cover - footer text never affects the body flow
         raise RuntimeError("page count changed between layout passes")
-    return pdf
+    return _make_pdfa(pdf, data)
+
+
+# --------------------------------------------------------------------------
+# PDF/A-2b
+# --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> bytes:
+    """The sRGB ICC profile pikepdf ships for exactly this purpose (PDF/A output intents)."""
+    import importlib.resources
+
+    return (importlib.resources.files("pikepdf") / "pdfa" / "data" / "sRGB.icc").read_bytes()
+
+
+def _xmp_date(d: datetime.date) -> str:
+    return f"{d:%Y-%m-%d}T00:00:00+00:00"
+
+
+def _xmp(data: DocumentData) -> bytes:
+    def x(text: str) -> str:
+        return _xml_escape(_clean(text).replace("\n", " "), {'"': "&quot;"})
+
+    title, author, subject = x(data.title), x(data.authority.name), x(data.aktenzeichen)
+    when = _xmp_date(data.issued_on)
+    return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:pdfaid="http://www.aiim.org/pdfa/ns/id/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:pdf="http://ns.adobe.com/pdf/1.3/">
+   <pdfaid:part>2</pdfaid:part>
+   <pdfaid:conformance>B</pdfaid:conformance>
+   <dc:format>application/pdf</dc:format>
+   <dc:title><rdf:Alt><rdf:li xml:lang="x-default">{title}</rdf:li></rdf:Alt></dc:title>
+   <dc:creator><rdf:Seq><rdf:li>{author}</rdf:li></rdf:Seq></dc:creator>
+   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{subject}</rdf:li></rdf:Alt></dc:description>
+   <dc:language><rdf:Bag><rdf:li>de-DE</rdf:li></rdf:Bag></dc:language>
+   <xmp:CreatorTool>aktenlauf</xmp:CreatorTool>
+   <xmp:CreateDate>{when}</xmp:CreateDate>
+   <xmp:ModifyDate>{when}</xmp:ModifyDate>
+   <xmp:MetadataDate>{when}</xmp:MetadataDate>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>""".encode("utf-8")
+
+
+def _make_pdfa(pdf: bytes, data: DocumentData) -> bytes:
+    """Turn reportlab's output into a file that claims and (as far as we can check) satisfies
+    PDF/A-2b; deterministic (pikepdf's content-derived /ID, dates from ``issued_on``)."""
+    import pikepdf
+
+    with pikepdf.open(io.BytesIO(pdf)) as doc:
+        pdf_date = f"D:{data.issued_on:%Y%m%d}000000+00'00'"
+        info = doc.docinfo
+        for key in list(info.keys()):  # keep only entries the XMP above mirrors
+            if key not in ("/Title", "/Author", "/Subject", "/Creator", "/CreationDate", "/ModDate"):
+                del info[key]
+        info.Title, info.Author = _clean(data.title), _clean(data.authority.name)
+        info.Subject, info.Creator = _clean(data.aktenzeichen), "aktenlauf"
+        info.CreationDate = info.ModDate = pdf_date
+        # no /Producer: the seal's incremental update writes one to the Info dictionary and the
+        # XMP alike (pyHanko's name); a producer set here would differ between the two afterwards
+        meta = pikepdf.Stream(doc, _xmp(data))
+        meta.Type, meta.Subtype = pikepdf.Name.Metadata, pikepdf.Name.XML
+        doc.Root.Metadata = doc.make_indirect(meta)
+        icc = pikepdf.Stream(doc, _srgb_profile())
+        icc.N = 3
+        doc.Root.OutputIntents = pikepdf.Array([doc.make_indirect(pikepdf.Dictionary(
+            Type=pikepdf.Name.OutputIntent, S=pikepdf.Name.GTS_PDFA1,
+            OutputConditionIdentifier=pikepdf.String("sRGB IEC61966-2.1"),
+            Info=pikepdf.String("sRGB IEC61966-2.1"),
+            DestOutputProfile=doc.make_indirect(icc),
+        ))])
+        for page in doc.pages:
+            if "/Trans" in page.obj:
+                del page.obj.Trans  # reportlab's empty transition dictionary
+            for annot in page.obj.get("/Annots", []):
+                annot.F = 4  # PDF/A: annotations are printed, never hidden
+        out = io.BytesIO()
+        doc.save(out, deterministic_id=True, compress_streams=True,
+                 object_stream_mode=pikepdf.ObjectStreamMode.disable, fix_metadata_version=False)
+        return out.getvalue()

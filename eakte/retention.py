@@ -38,7 +38,8 @@ from aktenlauf.errors import Conflict, InvalidInput, NotFound
 from eakte import records
 from eakte.aktenplan import Aktenplan, PlanEntry
 from eakte.blobstore import BlobStore, object_key
-from eakte.models import Akte, Dispatch, DisposalRecord, Dokument, MailItem, Version, Vorgang, utcnow
+from eakte.models import (Akte, Dispatch, DisposalRecord, Dokument, MailItem, Notification, Version, Vorgang,
+                          utcnow)
 
 OFFERED = "offered"
 ARCHIVED = "archived"
@@ -293,6 +294,8 @@ def dispose(session: Session, plan: Aktenplan, *, akte_id: str, round_id: str, a
         records.audit(session, actor=actor, role=role, action=audit_action, target_type="akte", target_id=akte.id,
                       case_id=case_id, reason=reason, details=details)
 
+    if case_ids:  # messages about the case (reminders, escalations, "payment failed") go with it
+        session.execute(delete(Notification).where(Notification.vorgang_id.in_(case_ids)))
     if doc_ids:
         session.execute(delete(Dispatch).where(Dispatch.dokument_id.in_(doc_ids)))
     for m in letters:

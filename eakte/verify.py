@@ -6,7 +6,7 @@ repairs. ``eakte/sweep.py`` removes orphans; everything else is for a human to l
 
 What counts as a reference to an object is decided in one place, ``referenced_keys`` /
 ``is_referenced`` below: a Version row (bucket + key), a MailItem (content address of its
-SHA-256) and a DisposalRecord's archive package. Add new referencing tables there, or the
+SHA-256), a DisposalRecord's archive package and a PrintBatch's PDF. Add new referencing tables there, or the
 sweep will call their objects orphans.
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from eakte import audit as audit_log
 from eakte.blobstore import CHUNK, BlobStore, object_key
-from eakte.models import AuditEvent, DisposalRecord, Dokument, MailItem, Version, Vorgang
+from eakte.models import AuditEvent, DisposalRecord, Dokument, MailItem, PrintBatch, Version, Vorgang
 
 DEFAULT_GRACE_SECONDS = 3600
 DEFAULT_PREFIX = "sha256/"  # the content-addressed namespace the eAkte writes documents to
@@ -135,6 +135,7 @@ def referenced_keys(session: Session, bucket: str) -> set[str]:
     keys.update(object_key(sha) for sha in session.scalars(select(MailItem.sha256).distinct()))
     keys.update(k for k in session.scalars(
         select(DisposalRecord.archive_key).where(DisposalRecord.archive_key.is_not(None)).distinct()) if k)
+    keys.update(session.scalars(select(PrintBatch.object_key).where(PrintBatch.bucket == bucket)))  # printed post
     return keys
 
 
@@ -145,6 +146,9 @@ def is_referenced(session: Session, bucket: str, key: str) -> bool:
     sha = key.rsplit("/", 1)[-1]
     if object_key(sha) == key and session.scalar(select(MailItem.id).where(MailItem.sha256 == sha).limit(1)):
         return True
+    if session.scalar(select(PrintBatch.batch_date).where(PrintBatch.bucket == bucket, PrintBatch.object_key == key)
+                      .limit(1)) is not None:
+        return True  # a day's print batch, handed out again on a reprint
     return session.scalar(select(DisposalRecord.id).where(DisposalRecord.archive_key == key).limit(1)) is not None
 
 

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eakte.aktenplan import Aktenplan
-from intake.service import ClassificationRules, ServiceEntry
+from intake.service import ClassificationRules, FeeExemption, ServiceEntry
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,16 @@ class _ClassificationModel(BaseModel):
         return [[_fold(w) for w in group] for group in v]
 
 
+class _FeeExemptionModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    field: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,39}$")
+    values: list[str] = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=300)
+
+
+DISPATCH_CHANNELS = ("portal", "email", "post", "webhook")
+
+
 class _ServiceModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: str = Field(pattern=r"^\d{14}$")
@@ -95,6 +105,32 @@ class _ServiceModel(BaseModel):
     keywords: list[str] = []
     retention_years: int | None = Field(default=None, gt=0)  # None: the Aktenplan's default for file_plan
     classification: _ClassificationModel = _ClassificationModel()
+    four_eyes: bool = False
+    fee_per_item_cents: int = Field(default=0, ge=0)
+    fee_item_field: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,39})?$")
+    fee_max_items: int = Field(default=10, gt=0, le=1000)
+    fee_exemptions: list[_FeeExemptionModel] = []
+    payment_timing: str = Field(default="after_decision", pattern="^(after_decision|before_decision)$")
+    payment_reminder_days: int = Field(default=3, ge=0)
+    deadline_reminder_days: int = Field(default=2, ge=0)
+    documents_days: int = Field(default=14, gt=0)
+    dispatch_channels: list[str] = Field(default=["portal"], min_length=1)
+
+    @field_validator("dispatch_channels")
+    @classmethod
+    def _channels(cls, v: list[str]) -> list[str]:
+        unknown = [ch for ch in v if ch not in DISPATCH_CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown dispatch channel(s) {unknown}; known: {', '.join(DISPATCH_CHANNELS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fee_rules(self) -> _ServiceModel:
+        if self.fee_per_item_cents and not self.fee_item_field:
+            raise ValueError(f"service {self.key}: fee_per_item_cents needs fee_item_field")
+        if self.payment_timing == "before_decision" and not (self.fee_cents or self.fee_per_item_cents):
+            raise ValueError(f"service {self.key}: payment_timing before_decision needs a fee")
+        return self
 
     @field_validator("keywords")
     @classmethod
@@ -153,10 +189,11 @@ def load_catalog(path: Path, aktenplan: Aktenplan | None = None) -> Catalog:
         authority_name=str(authority.get("name", "")),
         authority_address=tuple(str(x) for x in authority.get("address_lines", []) or []),  # type: ignore[union-attr]
         departments={k: Department(key=k, name=v.get("name", k)) for k, v in model.departments.items()},
-        services={s.key: ServiceEntry(**{**s.model_dump(exclude={"classification"}),
+        services={s.key: ServiceEntry(**{**s.model_dump(exclude={"classification", "fee_exemptions"}),
                                          "retention_years": _retention_years(s, aktenplan)},
                                       department_name=model.departments[s.department].get("name", s.department),
-                                      classification=ClassificationRules(**s.classification.model_dump()))
+                                      classification=ClassificationRules(**s.classification.model_dump()),
+                                      fee_exemptions=[FeeExemption(**x.model_dump()) for x in s.fee_exemptions])
                   for s in model.services},
         aktenplan=aktenplan,
     )

@@ -21,6 +21,15 @@ class ClassificationRules:
 
 
 @dataclass(frozen=True)
+class FeeExemption:
+    """No fee when the form field ``field`` has one of ``values`` (case-insensitive); ``reason`` is recorded."""
+
+    field: str
+    values: list[str]
+    reason: str
+
+
+@dataclass(frozen=True)
 class ServiceEntry:
     key: str
     name: str
@@ -36,6 +45,23 @@ class ServiceEntry:
     retention_years: int = 10
     department_name: str = ""
     classification: ClassificationRules = field(default_factory=ClassificationRules)
+    # -- casework (issue 5); defaults keep older workflow inputs decodable --------------------
+    #: a second clerk, never the first, must co-sign the decision (Vier-Augen-Prinzip)
+    four_eyes: bool = False
+    #: per-item fee on top of fee_cents: the form field ``fee_item_field`` holds the number of items
+    fee_per_item_cents: int = 0
+    fee_item_field: str = ""
+    fee_max_items: int = 10
+    fee_exemptions: list[FeeExemption] = field(default_factory=list)
+    #: "after_decision" (pay for an approved case) or "before_decision" (Vorkasse: pay first, refund on rejection)
+    payment_timing: str = "after_decision"
+    #: reminders this many days before the payment / processing deadline
+    payment_reminder_days: int = 3
+    deadline_reminder_days: int = 2
+    #: default time the citizen gets to send missing documents (Nachforderung)
+    documents_days: int = 14
+    #: dispatch channels this service allows, the default first (portal | email | post | webhook)
+    dispatch_channels: list[str] = field(default_factory=lambda: ["portal"])
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

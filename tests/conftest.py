@@ -63,6 +63,7 @@ def stack_settings(database_url: str, temporal_server, s3_server, port: int, **o
         s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key, s3_bucket=f"eakte-{tag}",
         public_base_url=f"http://127.0.0.1:{port}", task_queue=f"cases-{tag}", ocr_task_queue=f"ocr-{tag}",
         log_format="console", max_upload_bytes=30 * 1024 * 1024,
+        payment_poll_seconds=3,  # a lost payment callback is found by the status poll within seconds
         disposal_schedule_id=f"aktenlauf-disposal-{tag}",  # stacks share one Temporal server
     )
     values.update(overrides)

@@ -21,7 +21,12 @@ ISSUING = "issuing"
 COMPLETED = "completed"
 REJECTED = "rejected"
 CANCELLED = "cancelled"
-FINAL_STATUSES = (COMPLETED, REJECTED, CANCELLED)
+# casework (issue 5)
+AWAITING_DOCUMENTS = "awaiting_documents"  # Nachforderung: waiting for the citizen; the deadline pauses
+AWAITING_COSIGN = "awaiting_cosign"  # Vier-Augen-Prinzip: a second clerk must co-sign
+WITHDRAWN = "withdrawn"  # the applicant withdrew before the decision
+TERMINATED = "terminated"  # an admin terminated the workflow (read model only)
+FINAL_STATUSES = (COMPLETED, REJECTED, CANCELLED, WITHDRAWN, TERMINATED)
 
 # Activity names (workflows call activities by name: no heavy imports in the sandbox).
 ACT_OPEN_CASE = "open_case"
@@ -45,6 +50,11 @@ ACT_RECORD_TRIAGE = "record_mail_triage"
 ACT_CASE_FROM_LETTER = "prepare_case_from_letter"
 ACT_AWAIT_CASE_OPEN = "await_case_open"
 ACT_MERGE_MAIL = "merge_mail_items"
+# casework (issue 5)
+ACT_DISPATCH_V2 = "dispatch_document_v2"  # channel chosen from catalog + applicant; returns Dispatched
+ACT_NOTIFY = "notify"  # a message without a document: reminders, escalations, "payment failed"
+ACT_POLL_PAYMENT = "poll_payment"  # status poll: the fallback when a callback is lost
+ACT_REFUND_PAYMENT = "refund_payment"
 
 # Error types raised to clients by update validators.
 ERR_IDEMPOTENCY = "IdempotencyConflict"
@@ -66,6 +76,9 @@ class Applicant:
     address_lines: list[str] = field(default_factory=list)
     email: str | None = None
     id: str | None = None
+    #: the applicant's choice of dispatch channel (portal | email | post | webhook); the catalog decides
+    #: whether the service allows it
+    delivery: str | None = None
 
 
 @dataclass
@@ -88,6 +101,11 @@ class CaseInput:
     requested_service_key: str | None = None
     form: dict[str, str] = field(default_factory=dict)
     channel: str = "api"
+    #: the integrator's URL for signed status/document webhooks (dispatch channel "webhook")
+    notify_url: str | None = None
+    #: how long to wait for the payment provider's callback before asking it (status poll), seconds;
+    #: 0 = the workflow's default. Set by the API from PAYMENT_POLL_SECONDS.
+    payment_poll_s: int = 0
 
 
 @dataclass
@@ -114,6 +132,47 @@ class Decision:
     actor: Actor
     approve: bool
     reason: str | None = None
+    #: casework v2: approve | reject | request_documents | forward (empty: from ``approve``)
+    action: str = ""
+    #: request_documents: what is missing; the citizen is told
+    missing: list[str] = field(default_factory=list)
+    #: request_documents: days the citizen gets (0: the service's documents_days)
+    days: int = 0
+    #: forward: the department the case goes to
+    department: str = ""
+
+
+@dataclass
+class CoSign:
+    actor: Actor
+    agree: bool
+    reason: str = ""
+
+
+@dataclass
+class ExtendDeadline:
+    actor: Actor
+    days: int
+    reason: str
+
+
+@dataclass
+class Withdrawal:
+    actor: Actor
+    reason: str = ""
+
+
+@dataclass
+class AdminCancel:
+    actor: Actor
+    reason: str
+
+
+@dataclass
+class Forward:
+    actor: Actor
+    department: str
+    reason: str
 
 
 @dataclass
@@ -144,7 +203,7 @@ class AddDocument:
 class PaymentEvent:
     payment_id: str
     event_id: str
-    status: str  # paid | failed
+    status: str  # paid | declined | expired | refunded (the provider's callback or our status poll)
     amount_cents: int
 
 
@@ -174,6 +233,10 @@ class CaseStatus:
     decision: str | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     documents: list[str] = field(default_factory=list)
+    deadline_at: str | None = None  # ISO; None while paused
+    deadline_remaining_s: int | None = None
+    waiting_for: list[str] = field(default_factory=list)
+    first_decision_by: str | None = None
 
 
 # -- activity parameters ---------------------------------------------------------------
@@ -189,6 +252,7 @@ class OpenCaseParams:
     form: dict[str, str]
     channel: str
     year: int
+    notify_url: str | None = None
 
 
 @dataclass
@@ -216,6 +280,17 @@ class ProgressParams:
     service_name: str | None = None
     fee_cents: int | None = None
     retention_years: int | None = None
+    # casework v2
+    deadline_at: str | None = None  # ISO datetime of the processing deadline ("" = paused)
+    escalated: bool | None = None
+    waiting_for: list[str] | None = None
+    waiting_until: str | None = None  # ISO date: the Nachforderung's deadline
+    first_decision_by: str | None = None
+    cosigned_by: str | None = None
+    actor: str | None = None  # who caused this step (forward, extension, withdrawal, cancel)
+    reason: str | None = None  # why (forward, extension, withdrawal, cancel, exemption)
+    #: an audit action to write with the event (e.g. case.forward), by ``actor``
+    audit_action: str | None = None
 
 
 @dataclass
@@ -237,6 +312,9 @@ class PaymentParams:
     aktenzeichen: str
     amount_cents: int
     purpose: str
+    #: 0 for the first request; a new attempt after a declined/expired payment counts up
+    #: (the provider's Idempotency-Key is derived from it)
+    attempt: int = 0
 
 
 @dataclass
@@ -246,11 +324,59 @@ class PaymentRequested:
 
 
 @dataclass
+class PaymentPolled:
+    payment_id: str
+    status: str  # open | paid | declined | expired | cancelled | refunded
+    amount_cents: int
+
+
+@dataclass
+class RefundParams:
+    case_id: str
+    payment_id: str
+    amount_cents: int
+    reason: str
+
+
+@dataclass
+class Refunded:
+    refund_id: str
+    status: str  # refunded | pending
+
+
+@dataclass
+class DispatchResult:
+    """What dispatch_document_v2 did: one dispatch per channel used."""
+
+    channel: str
+    dispatch_id: str
+
+
+@dataclass
+class Notification:
+    case_id: str
+    #: unique per message of this case (the workflow derives it): sent at most once
+    key: str
+    #: applicant | department | assignee | teamlead
+    audience: str
+    subject: str
+    text: str
+
+
+@dataclass
 class IssueParams:
     case_id: str
-    kind: str  # certificate | rejection
+    #: certificate | rejection | nachforderung (request for missing documents) | cancellation | withdrawal
+    kind: str
     reason: str | None = None
     issued_on: str = ""  # ISO date, from workflow time: retries render identical bytes
+    #: nachforderung: the missing documents; the deadline for them (ISO date)
+    items: list[str] = field(default_factory=list)
+    due_on: str = ""
+    #: distinguishes several notices of one kind in a case (the second Nachforderung): part of the key
+    seq: int = 0
+    #: fee lines, exemption, refund etc. to print
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Custom search attributes (Keyword) the case workflows upsert, for listing in Temporal."""
+"""Custom search attributes the case workflows upsert, for listing in Temporal."""
 
 from __future__ import annotations
 
@@ -9,5 +9,8 @@ SERVICE = SearchAttributeKey.for_keyword("AktenlaufService")
 DEPARTMENT = SearchAttributeKey.for_keyword("AktenlaufDepartment")
 STEP = SearchAttributeKey.for_keyword("AktenlaufStep")
 AKTENZEICHEN = SearchAttributeKey.for_keyword("Aktenzeichen")
+#: the processing deadline while it runs (unset while the case waits for the citizen): "overdue" filters
+DEADLINE = SearchAttributeKey.for_datetime("AktenlaufDeadline")
 
-ALL = {k.name: "Keyword" for k in (STATUS, SERVICE, DEPARTMENT, STEP, AKTENZEICHEN)}
+#: name → indexed value type, as the dev server's --search-attribute and the operator API want them
+ALL = {**{k.name: "Keyword" for k in (STATUS, SERVICE, DEPARTMENT, STEP, AKTENZEICHEN)}, DEADLINE.name: "Datetime"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import random
@@ -16,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.concurrency import run_in_threadpool
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session, selectinload
-from temporalio.client import (WithStartWorkflowOperation, WorkflowUpdateFailedError,
-                               WorkflowUpdateRPCTimeoutOrCancelledError)
+from temporalio.client import (WithStartWorkflowOperation, WorkflowUpdateRPCTimeoutOrCancelledError)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
@@ -26,23 +26,30 @@ from aktenlauf.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavai
 from api.auth import CurrentPrincipal, require_role
 from api.context import Ctx
 from api.schemas import (
+    NO_NUL,
     CaseCreate,
     CaseCreated,
     CaseOut,
     CaseRouted,
+    CoSignIn,
+    DeadlineIn,
+    DeadlineOut,
     DecisionIn,
     DecisionOut,
     DocumentCreated,
     DocumentOut,
     RouteIn,
     TimelineOut,
+    WithdrawIn,
+    WithdrawOut,
 )
 from api.temporal_errors import TEMPORAL_ERRORS, bounded, is_contention, not_applied, translate
 from api.uploads import discard_if_unreferenced, store_upload
-from eakte import records
+from eakte import inbox, records
+from eakte.inbox import access_code
 from eakte.access import (Principal, can_add_document_vorgang, can_decide_vorgang, can_read_case,
                           can_read_vorgang)
-from eakte.models import Akte, Dokument, TimelineEvent, Version, Vorgang
+from eakte.models import Akte, Dokument, TimelineEvent, Version, Vorgang, utcnow
 from workflows import contracts as c
 from workflows import search
 from workflows.case import CaseWorkflow
@@ -76,7 +83,8 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
     inp = c.CaseInput(
         case_id=case_id, integrator=p.sub, fingerprint=fingerprint,
         applicant=c.Applicant(**body.applicant.model_dump()), service=service,
-        requested_service_key=body.service_key, form=dict(body.form),
+        requested_service_key=body.service_key, form=dict(body.form), notify_url=body.notify_url,
+        payment_poll_s=ctx.settings.payment_poll_seconds,
     )
     sa = [SearchAttributePair(search.STATUS, c.RECEIVED), SearchAttributePair(search.STEP, "intake")]
     if service is not None:
@@ -110,7 +118,8 @@ async def create_case(body: CaseCreate, ctx: Ctx, p: CurrentPrincipal, idempoten
         try:
             reg: c.Registered = await ctx.client().execute_update_with_start_workflow(
                 CaseWorkflow.register, c.Registration(fingerprint=fingerprint), start_workflow_operation=op)
-            return CaseCreated(case_id=reg.case_id, aktenzeichen=reg.aktenzeichen, status=reg.status)
+            return CaseCreated(case_id=reg.case_id, aktenzeichen=reg.aktenzeichen, status=reg.status,
+                               access_code=access_code(ctx.settings.certificate_code_secret, reg.case_id))
         except RPCError as exc:
             if not is_contention(exc) or attempt == REGISTER_ATTEMPTS - 1:
                 raise
@@ -156,7 +165,8 @@ async def _registered(ctx: Ctx, case_id: str, fingerprint: str) -> CaseCreated |
         return None
     if v.fingerprint != fingerprint:
         raise Conflict("Idempotency-Key was already used with a different request body")
-    return CaseCreated(case_id=v.id, aktenzeichen=v.aktenzeichen, status=v.status)
+    return CaseCreated(case_id=v.id, aktenzeichen=v.aktenzeichen, status=v.status,
+                       access_code=access_code(ctx.settings.certificate_code_secret, v.id))
 
 
 async def _replay_closed(ctx: Ctx, case_id: str, fingerprint: str) -> CaseCreated:
@@ -166,7 +176,8 @@ async def _replay_closed(ctx: Ctx, case_id: str, fingerprint: str) -> CaseCreate
         raise Conflict("this Idempotency-Key was already used")
     if v.fingerprint != fingerprint:
         raise Conflict("Idempotency-Key was already used with a different request body")
-    return CaseCreated(case_id=v.id, aktenzeichen=v.aktenzeichen, status=v.status)
+    return CaseCreated(case_id=v.id, aktenzeichen=v.aktenzeichen, status=v.status,
+                       access_code=access_code(ctx.settings.certificate_code_secret, v.id))
 
 
 async def visible_case(ctx: Ctx, p: Principal, case_id: str) -> Vorgang:
@@ -250,7 +261,7 @@ async def upload_document(
     case_id: str, ctx: Ctx, p: CurrentPrincipal,
     file: Annotated[UploadFile, File(description="PDF, PNG, TIFF or JPEG")],
     kind: Annotated[str, Form(pattern="^(Nachweis|Antrag|Schreiben)$")] = "Nachweis",
-    title: Annotated[str, Form(max_length=200)] = "",
+    title: Annotated[str, Form(max_length=200, pattern=NO_NUL)] = "",
 ) -> DocumentCreated:
     v = await visible_case(ctx, p, case_id)
     if not can_add_document_vorgang(p, v):
@@ -277,42 +288,109 @@ async def route_case(case_id: str, body: RouteIn, ctx: Ctx, p: CurrentPrincipal)
     service = ctx.catalog.service(body.service_key)
     if service is None:
         raise InvalidInput(f"unknown service_key {body.service_key}; see GET /v1/services")
-    try:
-        status: str = await bounded(ctx.client().get_workflow_handle(case_id).execute_update(
-            CaseWorkflow.route, c.RouteCase(actor=_actor(p), service=service)), ctx.settings.update_timeout_s)
-    except TEMPORAL_ERRORS as exc:
-        raise translate(exc, known_case=True) from exc
+    status: str = await _update(ctx, case_id, CaseWorkflow.route, c.RouteCase(actor=_actor(p), service=service))
     return CaseRouted(case_id=case_id, service_key=service.key, department=service.department, status=status)
 
 
-@router.post("/{case_id}/decision", response_model=DecisionOut, dependencies=[require_role("clerk")])
-async def decide(case_id: str, body: DecisionIn, ctx: Ctx, p: CurrentPrincipal, response: Response) -> DecisionOut:
+_DECISION_ERRORS: dict[int | str, dict[str, str]] = {
+    404: {"description": "no such case, or not one of your departments'"},
+    409: {"description": "the case is not waiting for this (already decided, claimed by another clerk, ...)"},
+    422: {"description": "reason/missing documents/department missing or invalid"},
+}
+
+
+async def _decidable(ctx: Ctx, p: Principal, case_id: str) -> Vorgang:
+    """The case if the caller is a clerk of its department; 404 otherwise (existence is not revealed)."""
     v = await visible_case(ctx, p, case_id)
     if not can_decide_vorgang(p, v):
         raise NotFound(f"case {case_id} not found")
-    if body.decision == "reject" and not (body.reason or "").strip():
-        raise InvalidInput("a rejection needs a reason")
+    return v
+
+
+async def _may_act(ctx: Ctx, p: Principal, case_id: str) -> Vorgang:
+    """The case if the caller may act on it as a clerk: visible, their department, not claimed by someone
+    else (eakte.inbox.check_may_act claims an unclaimed case for the caller)."""
+    v = await _decidable(ctx, p, case_id)
+    await ctx.db(lambda s: inbox.check_may_act(s, p, v, utcnow()))
+    return v
+
+
+async def _update(ctx: Ctx, case_id: str, update, arg):  # type: ignore[no-untyped-def]
     try:
-        out: c.DecisionOutcome = await bounded(ctx.client().get_workflow_handle(case_id).execute_update(
-            CaseWorkflow.decide, c.Decision(actor=_actor(p), approve=body.decision == "approve", reason=body.reason)), ctx.settings.update_timeout_s)
+        return await bounded(ctx.client().get_workflow_handle(case_id).execute_update(update, arg),
+                             ctx.settings.update_timeout_s)
     except TEMPORAL_ERRORS as exc:
         raise translate(exc, known_case=True) from exc
+
+
+@router.post("/{case_id}/decision", response_model=DecisionOut, dependencies=[require_role("clerk")],
+             responses=_DECISION_ERRORS)
+async def decide(case_id: str, body: DecisionIn, ctx: Ctx, p: CurrentPrincipal, response: Response) -> DecisionOut:
+    """The clerk's decision: approve, reject (with reason), request missing documents (Nachforderung) or
+    forward to another department. Four-eyes services answer ``awaiting_cosign``: a second clerk co-signs."""
+    if body.decision in ("reject", "forward") and not (body.reason or "").strip():
+        raise InvalidInput(f"{'a rejection' if body.decision == 'reject' else 'a forward'} needs a reason")
+    if body.decision == "request_documents" and not body.missing:
+        raise InvalidInput("say which documents are missing (missing: [...])")
+    if body.decision == "forward":
+        if not body.department or body.department not in ctx.catalog.departments:
+            raise InvalidInput(f"unknown department {body.department!r}; known: {', '.join(ctx.catalog.departments)}")
+    await _may_act(ctx, p, case_id)
+    out: c.DecisionOutcome = await _update(ctx, case_id, CaseWorkflow.decide, c.Decision(
+        actor=_actor(p), approve=body.decision == "approve", reason=body.reason, action=body.decision,
+        missing=list(body.missing), days=body.days, department=body.department or ""))
     return DecisionOut(decision=out.decision, status=out.status, payment_url=out.payment_url)
+
+
+@router.post("/{case_id}/cosign", response_model=DecisionOut, dependencies=[require_role("clerk")],
+             responses=_DECISION_ERRORS)
+async def cosign(case_id: str, body: CoSignIn, ctx: Ctx, p: CurrentPrincipal) -> DecisionOut:
+    """Vier-Augen-Prinzip: a second clerk of the department co-signs (or refuses, with a reason) the
+    first clerk's decision. The workflow refuses the first clerk (403)."""
+    if not body.agree and not body.reason:
+        raise InvalidInput("refusing to co-sign needs a reason")
+    # no claim here: the case stays with the clerk who decided (a refusal goes back to them); the workflow
+    # makes sure the co-signer is someone else
+    await _decidable(ctx, p, case_id)
+    out: c.DecisionOutcome = await _update(ctx, case_id, CaseWorkflow.cosign,
+                                           c.CoSign(actor=_actor(p), agree=body.agree, reason=body.reason))
+    return DecisionOut(decision=out.decision, status=out.status, payment_url=out.payment_url)
+
+
+@router.post("/{case_id}/deadline", response_model=DeadlineOut, dependencies=[require_role("clerk", "teamlead", "admin")],
+             responses=_DECISION_ERRORS)
+async def extend_deadline(case_id: str, body: DeadlineIn, ctx: Ctx, p: CurrentPrincipal) -> DeadlineOut:
+    """Extend the processing deadline (Fristverlängerung) by ``days``, with a reason."""
+    v = await visible_case(ctx, p, case_id)
+    if not (p.has("admin") or v.department in p.departments):
+        raise NotFound(f"case {case_id} not found")
+    due: str = await _update(ctx, case_id, CaseWorkflow.extend_deadline,
+                             c.ExtendDeadline(actor=_actor(p), days=body.days, reason=body.reason))
+    return DeadlineOut(case_id=case_id, deadline_at=dt.datetime.fromisoformat(due))
+
+
+@router.post("/{case_id}/withdraw", response_model=WithdrawOut, responses=_DECISION_ERRORS)
+async def withdraw(case_id: str, body: WithdrawIn, ctx: Ctx, p: CurrentPrincipal) -> WithdrawOut:
+    """The applicant withdraws the application (Antragsrücknahme) before the decision, through the portal
+    that submitted it. An open payment is cancelled, a fee paid in advance refunded; a confirmation is sent."""
+    v = await visible_case(ctx, p, case_id)
+    if not (p.has("integrator") and v.integrator == p.sub):
+        raise NotFound(f"case {case_id} not found")
+    status: str = await _update(ctx, case_id, CaseWorkflow.withdraw, c.Withdrawal(actor=_actor(p), reason=body.reason))
+    return WithdrawOut(case_id=case_id, status=status)
 
 
 class NoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)] = "Aktenvermerk"
-    text: Annotated[str, StringConstraints(min_length=1, max_length=20_000, strip_whitespace=True)]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=NO_NUL)] = "Aktenvermerk"
+    text: Annotated[str, StringConstraints(min_length=1, max_length=20_000, strip_whitespace=True, pattern=NO_NUL)]
 
 
 @router.post("/{case_id}/notes", status_code=201, response_model=DocumentCreated, dependencies=[require_role("clerk")])
 async def add_note(case_id: str, body: NoteIn, ctx: Ctx, p: CurrentPrincipal) -> DocumentCreated:
     """An internal note (Aktenvermerk) on the case: a document of kind Vermerk, never shown to
     the applicant or the integrator."""
-    v = await visible_case(ctx, p, case_id)
-    if not can_decide_vorgang(p, v):
-        raise NotFound(f"case {case_id} not found")
+    v = await _decidable(ctx, p, case_id)
     if v.status in c.FINAL_STATUSES:
         raise Conflict(f"the case is closed ({v.status}); no notes can be added")
     stamp = f"Aktenvermerk zu {v.aktenzeichen}\n{body.title}\nverfasst von {p.sub}\n\n{body.text}\n"

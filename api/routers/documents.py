@@ -14,13 +14,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WorkflowUpdateFailedError
-from temporalio.service import RPCError
 
 from aktenlauf.errors import Conflict, Forbidden, IntegrityViolation, NotFound, UnsupportedMediaType
 from api.auth import CurrentPrincipal
 from api.context import Ctx
-from api.schemas import DocumentCreated, DocumentDetail, VersionOut
+from api.schemas import NO_NUL, DocumentCreated, DocumentDetail, VersionOut
 from api.temporal_errors import TEMPORAL_ERRORS, bounded, not_applied, translate
 from api.uploads import discard_if_unreferenced, store_upload
 from eakte import records
@@ -156,7 +154,7 @@ async def download_version(document_id: str, number: int, ctx: Ctx, p: CurrentPr
 async def add_version(
     document_id: str, ctx: Ctx, p: CurrentPrincipal,
     file: Annotated[UploadFile, File(description="PDF, PNG, TIFF or JPEG")],
-    reason: Annotated[str, Form(min_length=3, max_length=500, description="why the document changes")],
+    reason: Annotated[str, Form(min_length=3, max_length=500, pattern=NO_NUL, description="why the document changes")],
 ) -> DocumentCreated:
     """File a corrected or completed document as a new version; the earlier versions stay."""
     f = await ctx.db(lambda s: _find(s, p, document_id))

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from aktenlauf.errors import Forbidden, InvalidInput, NotFound
 from api.auth import CurrentPrincipal, Principal, require_role
 from api.context import ApiContext, Ctx
-from api.schemas import AssignIn, MailDocumentOut, MailItemOut, SuggestionOut
+from api.schemas import NO_NUL, AssignIn, MailDocumentOut, MailItemOut, SuggestionOut
 from api.temporal_errors import TEMPORAL_ERRORS, bounded, translate
 from eakte.models import Dokument, MailItem
 from intake.separator import render_separator_sheet
@@ -30,8 +30,8 @@ from workflows.mailroom import MailItemWorkflow
 router = APIRouter(prefix="/v1/mailroom", tags=["mailroom"], dependencies=[require_role("mailroom", "admin", "clerk")])
 
 STATUSES = ("received", "processing", "triage", "routed", "filed", "split", "merged", "closed", "failed", "duplicate")
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=2000)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000, pattern=NO_NUL)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=2000, pattern=NO_NUL)]
 ItemId = Annotated[str, StringConstraints(pattern=r"^mail-[A-Za-z0-9_\-]{1,120}$")]
 
 

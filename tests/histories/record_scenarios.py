@@ -13,34 +13,24 @@ scenarios out). Payloads are encrypted with the development key.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime as dt
 import os
 import uuid
 from pathlib import Path
 
 from sqlalchemy import select, update
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from aktenlauf.settings import Settings
-from aktenlauf.temporal import data_converter
 from eakte.models import Akte
-from intake.catalog import load_catalog
 from tests.conftest import CORPUS
-from tests.integration.helpers import HUND, MELDE, application, pay, wait_for_case, wait_for_mail
+from tests.integration.helpers import GEBURT, HUND, MELDE, PDF, application, pay, wait_for_case, wait_for_mail
 from tests.integration import test_mailroom_triage as triage_pages
 from tests.integration.test_mailroom import _scanned_letter
-from tests.servers import temporal_test_server_path
-from worker import Dependencies, case_activities
+from tests.workflow.conftest import case_worker_on, start_time_skipping, start_until_decision
 from workflows import contracts as c
 from workflows import disposal_contracts as d
 from workflows.case import CaseWorkflow
 from workflows.disposal import DisposalWorkflow
-from workflows.search import ALL as ALL_SEARCH_ATTRIBUTES
 
 HERE = Path(os.environ.get("RECORD_DIR") or Path(__file__).resolve().parent)  # where the JSON files go
 PORTAL = ("portal-rec", "integrator")
@@ -191,32 +181,16 @@ async def test_record_case_payment_expired(stack) -> None:
     """Fourteen days pass without payment: recorded on the time-skipping server."""
     if not _wanted("case_payment_expired"):
         return
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=temporal_test_server_path(),
-        data_converter=data_converter(Settings(environment="test")))  # type: ignore[call-arg]
+    env = await start_time_skipping()
     try:
-        await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in ALL_SEARCH_ATTRIBUTES}))
-        deps = Dependencies.build(stack.settings)
-        service = load_catalog(stack.settings.catalog_path).service(MELDE)
-        case_id = "case-rec-" + uuid.uuid4().hex
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            async with Worker(env.client, task_queue="rec-cases", workflows=[CaseWorkflow],
-                              activities=case_activities(deps), activity_executor=pool):
-                handle = await env.client.start_workflow(CaseWorkflow.run, c.CaseInput(
-                    case_id=case_id, integrator=PORTAL[0], fingerprint="e" * 64,
-                    applicant=c.Applicant(name="Zeit Reisende", address_lines=["Uhrweg 1"]), service=service,
-                    requested_service_key=MELDE, form={}), id=case_id, task_queue="rec-cases")
-                for _ in range(200):
-                    if (await handle.query(CaseWorkflow.query_status)).status == c.AWAITING_DECISION:
-                        break
-                    await asyncio.sleep(0.05)
-                await handle.execute_update(CaseWorkflow.decide, c.Decision(
-                    actor=c.Actor(sub=CLERK[0], roles=["clerk"], departments=["buergerbuero"]), approve=True))
-                result: c.CaseResult = await handle.result()
-                assert result.status == c.CANCELLED
-                history = await handle.fetch_history()
+        async with case_worker_on(env, stack, "rec-cases"):
+            _, handle = await start_until_decision(env, stack, fingerprint="e" * 64, task_queue="rec-cases",
+                                                   integrator=PORTAL[0])
+            await handle.execute_update(CaseWorkflow.decide, c.Decision(
+                actor=c.Actor(sub=CLERK[0], roles=["clerk"], departments=["buergerbuero"]), approve=True))
+            result: c.CaseResult = await handle.result()
+            assert result.status == c.CANCELLED
+            history = await handle.fetch_history()
         (HERE / "case_payment_expired.json").write_text(history.to_json())
         print(f"recorded case_payment_expired: {len(history.events)} events")
     finally:
@@ -303,3 +277,120 @@ async def test_record_mail_v2_merged_then_new_case(stack) -> None:
         assert r.status_code == 200 and r.json()["status"] == "filed", r.text
     await _dump(await stack.temporal(), items[0]["id"], "mail_v2_merge_new_case")
     await _dump(await stack.temporal(), items[1]["id"], "mail_v2_merged")
+
+
+# -- casework v2 (four eyes, Nachforderung, payment modes, withdrawal, cancel, deadlines) ---------
+SA1, SA2 = ("standesamt-rec-1", "clerk", "standesamt"), ("standesamt-rec-2", "clerk", "standesamt")
+ADMIN = ("admin-rec", "admin")
+
+
+async def _post(http, url: str, who, body: dict) -> dict:  # type: ignore[no-untyped-def]
+    r = await http.post(url, json=body, headers=who)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_record_case_v2_happy_path(stack) -> None:
+    if not _wanted("case_v2_happy_path"):
+        return
+    async with stack.client() as http:
+        case = await _case(stack, http, application(MELDE), "awaiting_decision")
+        out = await _post(http, f"/v1/cases/{case['case_id']}/decision", stack.token(*CLERK), {"decision": "approve"})
+        await pay(http, out["payment_url"])
+        await wait_for_case(http, case["case_id"], stack.token(*PORTAL), status="completed")
+    await _dump(await stack.temporal(), case["case_id"], "case_v2_happy_path")
+
+
+async def test_record_case_v2_four_eyes_prepaid_rejected_refunded(stack) -> None:
+    if not _wanted("case_v2_four_eyes_refund"):
+        return
+    async with stack.client() as http:
+        case = await _case(stack, http, application(GEBURT, anzahl="2"), "awaiting_payment")
+        await pay(http, case["payment_url"])
+        cid = case["case_id"]
+        await wait_for_case(http, cid, stack.token(*PORTAL), status="awaiting_decision")
+        await _post(http, f"/v1/cases/{cid}/decision", stack.token(*SA1), {"decision": "approve"})
+        await _post(http, f"/v1/cases/{cid}/cosign", stack.token(*SA2), {"agree": False, "reason": "ungeklärt"})
+        await _post(http, f"/v1/cases/{cid}/decision", stack.token(*SA1), {"decision": "reject", "reason": "kein Eintrag"})
+        await _post(http, f"/v1/cases/{cid}/cosign", stack.token(*SA2), {"agree": True})
+        await wait_for_case(http, cid, stack.token(*PORTAL), status="rejected")
+    await _dump(await stack.temporal(), cid, "case_v2_four_eyes_refund")
+
+
+async def test_record_case_v2_nachforderung_resumed_payment_declined(stack) -> None:
+    if not _wanted("case_v2_nachforderung_declined"):
+        return
+    portal = stack.token(*PORTAL)
+    async with stack.client() as http:
+        case = await _case(stack, http, application(MELDE), "awaiting_decision")
+        cid = case["case_id"]
+        await _post(http, f"/v1/cases/{cid}/decision", stack.token(*CLERK),
+                    {"decision": "request_documents", "missing": ["Wohnungsgeberbestätigung"], "days": 14})
+        await wait_for_case(http, cid, portal, status="awaiting_documents")
+        await asyncio.sleep(3)  # the notice is issued and sent
+        r = await http.post(f"/v1/cases/{cid}/documents", headers=portal, files={"file": ("wgb.pdf", PDF, "application/pdf")})
+        assert r.status_code == 201, r.text
+        await wait_for_case(http, cid, portal, status="awaiting_decision")
+        out = await _post(http, f"/v1/cases/{cid}/decision", stack.token(*CLERK), {"decision": "approve"})
+        await pay(http, out["payment_url"], action="decline")
+        for _ in range(100):
+            now = (await http.get(f"/v1/cases/{cid}", headers=portal)).json()
+            if now["payment_url"] and now["payment_url"] != out["payment_url"]:
+                break
+            await asyncio.sleep(0.2)
+        await pay(http, now["payment_url"])
+        await wait_for_case(http, cid, portal, status="completed")
+    await _dump(await stack.temporal(), cid, "case_v2_nachforderung_declined")
+
+
+async def test_record_case_v2_withdrawn_after_payment(stack) -> None:
+    if not _wanted("case_v2_withdrawn"):
+        return
+    portal = stack.token(*PORTAL)
+    async with stack.client() as http:
+        case = await _case(stack, http, application(GEBURT), "awaiting_payment")
+        await pay(http, case["payment_url"])
+        cid = case["case_id"]
+        await wait_for_case(http, cid, portal, status="awaiting_decision")
+        await _post(http, f"/v1/cases/{cid}/withdraw", portal, {"reason": "erledigt"})
+        await wait_for_case(http, cid, portal, status="withdrawn")
+    await _dump(await stack.temporal(), cid, "case_v2_withdrawn")
+
+
+async def test_record_case_v2_forwarded_then_cancelled(stack) -> None:
+    if not _wanted("case_v2_forwarded_cancelled"):
+        return
+    async with stack.client() as http:
+        case = await _case(stack, http, application(MELDE), "awaiting_decision")
+        cid = case["case_id"]
+        await _post(http, f"/v1/cases/{cid}/decision", stack.token(*CLERK),
+                    {"decision": "forward", "department": "standesamt", "reason": "Personenstand"})
+        r = await http.post(f"/v1/admin/cases/{cid}/cancel", json={"reason": "Doppelantrag"}, headers=stack.token(*ADMIN))
+        assert r.status_code == 200, r.text
+        await wait_for_case(http, cid, stack.token(*PORTAL), status="cancelled")
+    await _dump(await stack.temporal(), cid, "case_v2_forwarded_cancelled")
+
+
+async def test_record_case_v2_deadline_escalated_extended_lapsed(stack) -> None:
+    """Reminder, escalation, extension and a Nachforderung that lapses: on the time-skipping server."""
+    if not _wanted("case_v2_deadline_lapsed"):
+        return
+    env = await start_time_skipping()
+    clerk = c.Actor(sub=CLERK[0], roles=["clerk"], departments=["buergerbuero"])
+    try:
+        async with case_worker_on(env, stack, "rec-cases"):
+            _, handle = await start_until_decision(env, stack, name="Frist Gerecht", address_lines=("Zeitweg 5",),
+                                                   fingerprint="d" * 64, task_queue="rec-cases",
+                                                   integrator=PORTAL[0])
+            await env.sleep(dt.timedelta(days=5, hours=1))  # reminder, then escalation
+            await handle.execute_update(CaseWorkflow.extend_deadline, c.ExtendDeadline(
+                actor=clerk, days=2, reason="Rückfrage"))
+            await handle.execute_update(CaseWorkflow.decide, c.Decision(
+                actor=clerk, approve=False, action="request_documents", missing=["Ausweiskopie"], days=3))
+            result: c.CaseResult = await handle.result()
+            assert result.status == c.REJECTED
+            history = await handle.fetch_history()
+        (HERE / "case_v2_deadline_lapsed.json").write_text(history.to_json())
+        print(f"recorded case_v2_deadline_lapsed: {len(history.events)} events")
+    finally:
+        await env.shutdown()

@@ -47,6 +47,11 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("POST", "/sandbox-pay/api/payments/{payment_id}/cancel"): "sandbox payment provider",
     ("GET", "/sandbox-pay/pay/{payment_id}"): "sandbox payment page (the citizen's browser)",
     ("POST", "/sandbox-pay/pay/{payment_id}"): "sandbox payment page (the citizen's browser)",
+    ("POST", "/sandbox-pay/api/payments/{payment_id}/refunds"): "sandbox payment provider",
+    ("POST", "/v1/verify/{code}"): "anyone may check a PDF they hold against the issued one",
+    ("GET", "/v1/status/{aktenzeichen}"): "the citizen's status page, authenticated by the case's access code",
+    ("GET", "/metrics"): "Prometheus scrape: aggregate figures only",
+    ("GET", "/v1/opendata/statistics"): "open data: aggregates, small counts suppressed",
     ("GET", "/openapi.json"): "API description",
     ("GET", "/docs"): "API description",
     ("GET", "/docs/oauth2-redirect"): "API description",
@@ -97,6 +102,29 @@ GATES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/admin/disposal/records"): frozenset({"archivist", "admin"}),
     ("POST", "/v1/codec/decode"): frozenset({"admin"}),
     ("POST", "/v1/codec/encode"): frozenset({"admin"}),
+    # casework (issue 5)
+    ("POST", "/v1/cases/{case_id}/cosign"): frozenset({"clerk"}),
+    ("POST", "/v1/cases/{case_id}/deadline"): frozenset({"clerk", "teamlead", "admin"}),
+    ("POST", "/v1/cases/{case_id}/withdraw"): ALL,
+    ("GET", "/v1/cases/{case_id}/messages"): ALL,
+    ("GET", "/v1/tasks/mine"): frozenset({"clerk"}),
+    ("POST", "/v1/tasks/{case_id}/claim"): frozenset({"clerk"}),
+    ("POST", "/v1/tasks/{case_id}/unclaim"): frozenset({"clerk"}),
+    ("POST", "/v1/tasks/{case_id}/reassign"): frozenset({"teamlead"}),
+    ("PUT", "/v1/tasks/{case_id}/priority"): frozenset({"teamlead"}),
+    ("POST", "/v1/deputies"): frozenset({"clerk"}),
+    ("GET", "/v1/deputies"): frozenset({"clerk"}),
+    ("DELETE", "/v1/deputies/{deputy_id}"): frozenset({"clerk"}),
+    ("GET", "/v1/notifications"): frozenset({"clerk", "teamlead", "admin"}),
+    ("POST", "/v1/notifications/{notification_id}/read"): frozenset({"clerk", "teamlead", "admin"}),
+    ("GET", "/v1/admin/print-batches"): frozenset({"admin", "mailroom"}),
+    ("GET", "/v1/admin/print-batches/{batch_date}"): frozenset({"admin", "mailroom"}),
+    ("GET", "/v1/admin/cases/counts"): frozenset({"admin"}),
+    ("POST", "/v1/admin/cases/{case_id}/retry"): frozenset({"admin"}),
+    ("POST", "/v1/admin/cases/{case_id}/cancel"): frozenset({"admin"}),
+    ("POST", "/v1/admin/cases/{case_id}/terminate"): frozenset({"admin"}),
+    ("POST", "/v1/admin/cases/{case_id}/reroute"): frozenset({"admin"}),
+    ("POST", "/v1/admin/cases/batch"): frozenset({"admin"}),
 }
 
 
@@ -136,6 +164,20 @@ REQUESTS: dict[tuple[str, str], Any] = {
     ("DELETE", "/v1/admin/akten/{akte_id}/legal-hold"): lambda: {"json": {"reason": "Rechtsstreit beendet"}},
     ("POST", "/v1/codec/decode"): lambda: {"json": {"payloads": []}},
     ("POST", "/v1/codec/encode"): lambda: {"json": {"payloads": []}},
+    ("POST", "/v1/cases/{case_id}/cosign"): lambda: {"json": {"agree": True}},
+    ("POST", "/v1/cases/{case_id}/deadline"): lambda: {"json": {"days": 3, "reason": "Rechteprüfung"}},
+    ("POST", "/v1/cases/{case_id}/withdraw"): lambda: {"json": {"reason": "Rechteprüfung"}},
+    ("POST", "/v1/tasks/{case_id}/reassign"): lambda: {"json": {"to": "clerk-x", "reason": "Rechteprüfung"}},
+    ("PUT", "/v1/tasks/{case_id}/priority"): lambda: {"json": {"priority": "high"}},
+    ("POST", "/v1/deputies"): lambda: {"json": {"deputy": "clerk-x", "department": "buergerbuero",
+                                                "valid_until": "2099-01-01T00:00:00+00:00"}},
+    ("POST", "/v1/admin/cases/{case_id}/retry"): lambda: {"json": {"reason": "Rechteprüfung"}},
+    ("POST", "/v1/admin/cases/{case_id}/cancel"): lambda: {"json": {"reason": "Rechteprüfung"}},
+    ("POST", "/v1/admin/cases/{case_id}/terminate"): lambda: {"json": {"reason": "Rechteprüfung"}},
+    ("POST", "/v1/admin/cases/{case_id}/reroute"): lambda: {"json": {"reason": "Rechteprüfung",
+                                                                     "department": "standesamt"}},
+    ("POST", "/v1/admin/cases/batch"): lambda: {"json": {"operation": "retry", "filter": {}, "reason": "Rechteprüfung",
+                                                         "dry_run": True}},
 }
 
 PRINCIPALS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -190,7 +232,8 @@ def _url(path: str, ids: dict[str, str]) -> str:
 def _guessed_ids() -> dict[str, str]:
     g = uuid.uuid4().hex
     return {"case_id": f"case-{g}", "document_id": g, "akte_id": g, "item_id": g, "payment_id": g,
-            "code": g[:12].upper(), "applicant_id": f"bund-id-{g[:8]}", "number": "1"}
+            "code": g[:12].upper(), "applicant_id": f"bund-id-{g[:8]}", "number": "1", "deputy_id": g,
+            "notification_id": "2147483646", "batch_date": "2001-01-01", "aktenzeichen": "99.99-2026-999999"}
 
 
 def _request(key: tuple[str, str]) -> dict[str, Any]:

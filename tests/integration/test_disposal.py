@@ -13,7 +13,7 @@ from sqlalchemy import select, text, update
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleHandle, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from eakte.models import Akte, AuditEvent, DisposalRecord, Dokument, DokumentSearch, Version, Vorgang
+from eakte.models import Akte, AuditEvent, DisposalRecord, Dokument, DokumentSearch, Notification, Version, Vorgang
 from tests.integration.helpers import HUND, MELDE, application, wait_for_case
 from workflows import disposal_contracts as d
 
@@ -101,6 +101,10 @@ async def test_confirmed_destruction_removes_objects_and_personal_data_but_keeps
         assert up.status_code == 201, up.text
 
         akte_id = past_retention(stack, az)
+        with stack.sessions()() as s:  # a message about the case, as a reminder or escalation leaves one
+            s.add(Notification(key=f"{case_id}:notify:test:0", vorgang_id=case_id, department="steueramt",
+                               audience="applicant", subject="Erinnerung", text=f"Ihr Antrag {az}", channel="portal"))
+            s.commit()
         index_rows = search_index_rows(stack, case_id)
         assert index_rows  # the documents are findable by full-text search before
         await run_round(stack)
@@ -141,6 +145,7 @@ async def test_confirmed_destruction_removes_objects_and_personal_data_but_keeps
         v = s.get(Vorgang, case_id)
         assert v.aktenzeichen == az and v.applicant == {} and v.form == {} and v.applicant_id is None
         assert s.scalars(select(Dokument).where(Dokument.vorgang_id == case_id)).all() == []
+        assert s.scalars(select(Notification).where(Notification.vorgang_id == case_id)).all() == []
         assert s.scalars(select(Version).where(Version.object_key.like(f"%{antrag['sha256']}"))).all() == []
         assert s.scalar(select(DisposalRecord).where(DisposalRecord.akte_id == akte_id)).bytes_removed == antrag["size"]
         actions = set(s.scalars(select(AuditEvent.action).where(AuditEvent.target_id == akte_id)))

@@ -24,7 +24,8 @@ def test_production_refuses_the_development_secrets() -> None:
 
 def test_production_starts_with_real_secrets() -> None:
     s = Settings(_env_file=None, environment="production", jwt_secret="j" * 40, payment_webhook_secret="w" * 32,  # type: ignore[call-arg]
-                 certificate_code_secret="c" * 32, s3_secret_key="s" * 20,
+                 certificate_code_secret="c" * 32, s3_secret_key="s" * 20, integrator_webhook_secret="i" * 32,
+                 seal_key_path="/run/secrets/seal-key.pem", seal_cert_path="/run/secrets/seal-cert.pem",
                  payload_keys="k2:" + base64.b64encode(b"n" * 32).decode())
     assert s.payload_key_ring()[0][0] == "k2"
 

@@ -20,14 +20,11 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from aktenlauf.temporal import data_converter
 from eakte import records
 from eakte.db import transaction
 from eakte.models import Akte, DisposalRecord, Dokument, Version, Vorgang
-from tests.servers import temporal_test_server_path
 from worker import Dependencies, disposal_activities
 from workflows import contracts as c
 from workflows import disposal_contracts as d
@@ -35,18 +32,6 @@ from workflows.disposal import DisposalWorkflow
 
 QUEUE = "ts-disposal"
 ARCHIVIST = c.Actor(sub="archiv-1", roles=["archivist"])
-
-
-@pytest.fixture
-async def env():  # type: ignore[no-untyped-def]
-    from aktenlauf.settings import Settings
-
-    e = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=temporal_test_server_path(), data_converter=data_converter(Settings(environment="test")))
-    try:
-        yield e
-    finally:
-        await e.shutdown()
 
 
 @pytest.fixture

@@ -28,6 +28,9 @@ SCENARIOS = {
     "mail_v2_filed_applicant_ref", "mail_v2_classified_new_case", "mail_v2_split_stack", "mail_v2_split_part",
     "mail_v2_routed_closed", "mail_v2_merge_new_case", "mail_v2_merged",
     "disposal_destroyed", "disposal_nothing_due",
+    # casework v2: four eyes, Nachforderung, payment declined, refunds, withdrawal, forward, cancel, deadlines
+    "case_v2_happy_path", "case_v2_four_eyes_refund", "case_v2_nachforderung_declined", "case_v2_withdrawn",
+    "case_v2_forwarded_cancelled", "case_v2_deadline_lapsed",
 }
 
 

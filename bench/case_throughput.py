@@ -102,9 +102,14 @@ async def run_full(base_url: str, settings: Settings, client: Client, n: int, co
         async def one(i: int) -> None:
             async with sem:
                 t0 = time.perf_counter()
-                r = await http.post("/v1/cases", headers={**portal, "Idempotency-Key": f"bench-{uuid.uuid4().hex}"},
-                                    json={"service_key": MELDE, "applicant": {"name": f"Bench Person {i}",
-                                          "address_lines": ["Teststraße 1"]}, "form": {"Zweck": "Benchmark"}})
+                key = f"bench-{uuid.uuid4().hex}"
+                while True:  # as a portal does: a 503 is repeated with the same Idempotency-Key
+                    r = await http.post("/v1/cases", headers={**portal, "Idempotency-Key": key},
+                                        json={"service_key": MELDE, "applicant": {"name": f"Bench Person {i}",
+                                              "address_lines": ["Teststraße 1"]}, "form": {"Zweck": "Benchmark"}})
+                    if r.status_code != 503:
+                        break
+                    await asyncio.sleep(min(5.0, float(r.headers.get("Retry-After", "1"))))
                 r.raise_for_status()
                 case_id = r.json()["case_id"]
                 mine.add(case_id)

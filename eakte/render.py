@@ -743,11 +743,15 @@ def render_document(data: DocumentData) -> bytes:
     _validate(data)
     with _LOCK:
         _register_fonts()
-        # Two passes so that the footer can say "Seite x von y".
-        _, pages = _build(data, None)
-        pdf, pages2 = _build(data, pages)
-    if pages2 != pages:  # pragma: no cover - footer text never affects the body flow
-        raise RuntimeError("page count changed between layout passes")
+        # The footer says "Seite x von y", and y is known only after layout. Most letters have one
+        # page, so lay out for one; a longer letter is laid out again with its real page count.
+        # The footer never changes the body's flow, so either way the bytes are those of a layout
+        # that was told the right total (the same as two passes would give).
+        pdf, pages = _build(data, 1)
+        if pages != 1:
+            pdf, pages2 = _build(data, pages)
+            if pages2 != pages:  # pragma: no cover - footer text never affects the body flow
+                raise RuntimeError("page count changed between layout passes")
     return _make_pdfa(pdf, data)
 
 

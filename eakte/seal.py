@@ -31,19 +31,20 @@ import io
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.metadata.model import DocumentMetadata
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields, signers
+from pyhanko.sign.general import get_pyca_cryptography_hash
 from pyhanko.sign.validation import validate_pdf_signature
 from pyhanko.sign.validation.status import SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
@@ -234,6 +235,10 @@ class Seal:
     certificate: asn1_x509.Certificate
     subject: str
     name: str  # the organisation that seals, printed as the signature's /Name
+    #: the signature container's reserved size, measured by pyHanko's estimate at the first signature
+    #: (a dry-run signature) and reused: it depends on the key and certificate only, so every later
+    #: document gets exactly the reservation it would have got, without a second signature per document
+    _reserved: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, key_path: Path, cert_path: Path, passphrase: bytes | None = None, *, name: str = "") -> Seal:
@@ -258,7 +263,10 @@ class Seal:
             raise SealError(f"seal key {key_path} cannot be loaded (wrong passphrase or not a private key)") from exc
         if x509.load_der_x509_certificate(cert.dump()).public_key().public_bytes(*spki) != key_pub:
             raise SealError(f"seal key {key_path} does not belong to the certificate {cert_path}")
-        return cls(signer=signer, certificate=cert, subject=subject_of(cert), name=name)
+        kept = _ParsedKeySigner.__new__(_ParsedKeySigner)  # the same signer, keeping the parsed key
+        kept.__dict__.update(signer.__dict__)
+        kept.private_key = loader(raw, password=passphrase or None)
+        return cls(signer=kept, certificate=cert, subject=subject_of(cert), name=name)
 
     def signing_time(self, issued_on: dt.date) -> dt.datetime:
         """Midnight UTC of ``issued_on``, but never before the certificate's validity starts."""
@@ -274,20 +282,47 @@ class Seal:
             field_name=SEAL_FIELD, md_algorithm="sha256", subfilter=fields.SigSeedSubFilter.PADES,
             reason=reason, location=location or None, name=self.name or None,
         )
-        pdf_signer = _PinnedTimeSigner(meta, signer=self.signer, when=when)
+        pdf_signer = _PinnedTimeSigner(meta, signer=self.signer, when=when, reserved=self._reserved)
         out = io.BytesIO()
-        _outside_event_loop(pdf_signer.sign_pdf, writer, output=out)
+        _outside_event_loop(pdf_signer.sign_pdf, writer, output=out, bytes_reserved=self._reserved.get("size"))
         return out.getvalue()
 
 
+class _ParsedKeySigner(signers.SimpleSigner):
+    """pyHanko's SimpleSigner parses the private key from DER for every raw signature, and
+    cryptography's key checks make that ~150 ms for RSA-3072 (more than the rest of sealing
+    together). This one signs with the key parsed once at load; same algorithms, same bytes."""
+
+    private_key: object
+
+    def sign_raw(self, data: bytes, digest_algorithm: str) -> bytes:
+        mechanism = self.get_signature_mechanism_for_digest(digest_algorithm).signature_algo
+        key = self.private_key
+        if mechanism == "rsassa_pkcs1v15" and isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(data, padding.PKCS1v15(), get_pyca_cryptography_hash(digest_algorithm))
+        if mechanism == "ecdsa" and isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(data, ec.ECDSA(get_pyca_cryptography_hash(digest_algorithm)))
+        return super().sign_raw(data, digest_algorithm)  # anything else: pyHanko's own way
+
+
 class _PinnedTimeSigner(signers.PdfSigner):
-    def __init__(self, meta: signers.PdfSignatureMetadata, *, signer: signers.Signer, when: dt.datetime) -> None:
+    def __init__(self, meta: signers.PdfSignatureMetadata, *, signer: signers.Signer, when: dt.datetime,
+                 reserved: dict[str, int]) -> None:
         super().__init__(meta, signer=signer)
         self._when = when
+        self._reserved = reserved
 
     def init_signing_session(self, pdf_out, existing_fields_only=False):  # type: ignore[no-untyped-def]
         session = super().init_signing_session(pdf_out, existing_fields_only=existing_fields_only)
         session.system_time = self._when  # the CMS signing-time and the signature's /M
+        estimate, reserved = session.estimate_signature_container_size, self._reserved
+
+        async def remembered(validation_info, tight=False):  # type: ignore[no-untyped-def]
+            size = await estimate(validation_info, tight=tight)
+            reserved.setdefault("size", size)
+            return size
+
+        session.estimate_signature_container_size = remembered  # only called while no size is known
         return session
 
 

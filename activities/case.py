@@ -20,7 +20,15 @@ from eakte import records, search
 from eakte.blobstore import BlobRef, BlobStore
 from eakte.db import transaction
 from eakte.models import Dokument, utcnow
-from eakte.render import Authority, DocumentData, format_date_de, format_eur, render_document, verification_code
+from eakte.render import (
+    Authority,
+    DocumentData,
+    document_text,
+    format_date_de,
+    format_eur,
+    render_document,
+    verification_code,
+)
 from eakte.seal import Seal
 from intake.catalog import Catalog
 from intake.templates import KINDS as NOTICE_KINDS
@@ -237,7 +245,7 @@ class CaseActivities:
         doc_kind, title = self._ISSUED_AS[p.kind]
         title = title.format(service=service_name).strip() + (f" ({p.seq + 1})" if p.seq else "")
         suffix = f"-{p.seq}" if p.seq else ""
-        text = self._pdf_text(pdf)  # before the transaction: no connection held while parsing the PDF
+        text = document_text(data)  # the words of the letter, from its content (no PDF parsing)
         with transaction(self.sessions) as s:
             existing = s.scalar(select(Dokument).where(Dokument.idempotency_key == key))
             if existing is not None:  # a concurrent attempt filed it meanwhile (same bytes, same object)

@@ -217,13 +217,14 @@ class WebhookSender:
     def __init__(self, secret: str, *, timeout: float = 10.0) -> None:
         self.secret = secret
         self.timeout = timeout
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False)  # shared: see PaymentProvider
 
     def post(self, url: str, body: bytes, *, event: str, delivery_id: str) -> None:
         headers = {"Content-Type": "application/json", "X-Aktenlauf-Event": event,
                    "X-Aktenlauf-Delivery": delivery_id,
                    "X-Aktenlauf-Signature": sign(self.secret, int(time.time()), body),
                    "User-Agent": "aktenlauf-dispatch/1"}
-        resp = httpx.post(url, content=body, headers=headers, timeout=self.timeout, follow_redirects=False)
+        resp = self._http.post(url, content=body, headers=headers)
         if not 200 <= resp.status_code < 300:
             raise RuntimeError(f"webhook answered HTTP {resp.status_code}")
 

@@ -76,12 +76,15 @@ class PaymentProvider:
         self.callback_url = callback_url
         self.return_url = return_url
         self.timeout = timeout
+        # one client for every call (httpx clients may be shared between threads): a client per
+        # call builds a fresh TLS context each time, which cost the worker more CPU than the call
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False)
 
     def _call(self, method: str, path: str, *, json: dict[str, Any] | None = None,
               idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         try:
-            resp = httpx.request(method, f"{self.base_url}{path}", json=json, headers=headers, timeout=self.timeout)
+            resp = self._http.request(method, f"{self.base_url}{path}", json=json, headers=headers)
         except httpx.HTTPError as exc:  # timeouts, refused or broken connections
             raise ApplicationError(f"payment provider unreachable: {type(exc).__name__}: {exc}",
                                    type=ERR_UNAVAILABLE) from exc

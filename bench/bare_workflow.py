@@ -52,3 +52,31 @@ class BareCase:
     @workflow.query
     def ready(self) -> bool:
         return True
+
+
+async def serve(queue: str) -> None:
+    """Run the bare worker until killed: a process of its own, like the case worker under
+    `make run`, with the client the case worker has (same settings from the environment, same
+    payload codec), so both runs pay the same encryption and connection costs."""
+    import concurrent.futures
+
+    from temporalio.worker import Worker
+
+    from aktenlauf.settings import Settings
+    from aktenlauf.temporal import connect
+
+    client = await connect(Settings())
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        async with Worker(client, task_queue=queue, workflows=[BareCase], activities=[bare_step],
+                          activity_executor=pool, max_concurrent_activities=16):
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    asyncio.run(serve(sys.argv[1]))

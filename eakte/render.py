@@ -738,6 +738,33 @@ def _build(data: DocumentData, total_pages: int | None) -> tuple[bytes, int]:
     return buf.getvalue(), doc.page
 
 
+def document_text(data: DocumentData) -> str:
+    """The letter's words as plain text, for the full-text index: letterhead, address, the info
+    block and the body in reading order, taken from the content the layout is built from (reading
+    them back out of the rendered PDF cost as much as rendering it)."""
+    auth = data.authority
+    parts: list[str] = [auth.name, auth.department, *auth.address_lines,
+                        data.applicant_name, *data.applicant_address_lines,
+                        f"Dienststelle {auth.department}", f"Aktenzeichen {data.aktenzeichen}"]
+    if data.applicant_ref:
+        parts.append(f"Ihre Vorgangsnummer {data.applicant_ref}")
+    parts += [f"Datum {format_date_de(data.issued_on)}", f"Prüfcode {data.verification_code}"]
+
+    def plain(flowable: object) -> None:
+        if isinstance(flowable, Paragraph):
+            parts.append(flowable.getPlainText())
+        elif isinstance(flowable, Table):
+            for row in flowable._cellvalues:  # noqa: SLF001 - the cells as given to the table
+                cells = [c.getPlainText() if isinstance(c, Paragraph) else str(c) for c in row]
+                parts.append(" ".join(cells))
+
+    with _LOCK:
+        _register_fonts()
+        for flowable in _story(data, _styles()):
+            plain(flowable)
+    return "\n".join(_clean(p).strip() for p in parts if p and p.strip())
+
+
 def render_document(data: DocumentData) -> bytes:
     """Render ``data`` as a PDF; deterministic (same data -> same bytes)."""
     _validate(data)

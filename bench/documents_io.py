@@ -250,7 +250,8 @@ def print_profile(path: Path, top: int, clock: str) -> None:
     print(f"\nAPI process profile (yappi, {clock} clock, all threads; own time total {total:.2f} s):")
     stats.sort_stats("tottime").print_stats(r"(hashlib|_io|socket|blobstore|uploads|documents|cases|minio|multipart)", top)
     stats.sort_stats("cumulative").print_stats(
-        r"(store_upload|upload_document|execute_update|_inspect_and_put|put_stream|_put|_fresh|put_object|_upload_part|"
+        r"(store_upload|upload_document|execute_update|_inspect_and_put|put_stream|_put|_fresh|put_object|put_known|"
+        r"_upload_part|spool|_copy_file|_sha256_and_size|"
         r"read_verified|iter_verified|check_file|inspect_file|sha256|_download|download|chunks|MultiPartParser.parse|"
         r"_url_open|iterate_in_threadpool|StreamingResponse|_form|get_request_handler)", top)
     threads = path.with_name(path.name + ".threads")

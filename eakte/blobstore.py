@@ -3,6 +3,11 @@
 Objects live under ``sha256/<first two hex>/<hex>``: identical bytes are stored once, and
 every read re-hashes what comes back and refuses a mismatch (IntegrityViolation).
 
+Uploads are copied once into a private spool file (in the kernel, ``copy_file_range``, when the
+upload already is a file, as the multipart parser leaves it), hashed once from that copy, and
+sent in one PUT streamed from the file and signed with that hash (:meth:`_Minio.put_known`):
+no second hashing pass and no copy of the body in memory.
+
 Reads hash in a second thread while the next chunk comes off the socket (``hashlib`` and the
 socket both release the GIL), so verifying costs little more than reading.
 :meth:`BlobStore.read_verified` (HTTP downloads: no byte leaves before the whole object is
@@ -18,6 +23,7 @@ import io
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -39,6 +45,12 @@ CHUNK = 1024 * 1024
 #: Reads take this much off the socket at a time (and hand it to the hashing thread).
 READ_CHUNK = 4 * CHUNK
 PART_SIZE = 16 * 1024 * 1024
+#: Up to this size an object whose SHA-256 the store already knows goes up in one PUT, streamed
+#: from its file and signed with that hash (no second pass over the bytes, no copy in memory);
+#: larger ones as a multipart upload.
+SINGLE_PUT_MAX = 512 * CHUNK
+#: Request bodies go to the socket in blocks of this size (urllib3's default is 16 KiB).
+SEND_BLOCK = CHUNK
 #: A verified download is held in memory up to this size ...
 MEMORY_SPOOL_MAX = 64 * CHUNK
 #: ... while all verified downloads of the process held in memory stay below this; past
@@ -178,6 +190,36 @@ class VerifiedContent:
         self.close()
 
 
+#: Internal request header (never sent): ``(sha256 hex, length)`` of a body the caller already hashed.
+_KNOWN_PAYLOAD = "x-aktenlauf-known-payload"
+
+
+class _Minio(Minio):
+    """The minio client, able to sign a PUT with a payload SHA-256 the caller already computed.
+
+    Over plain HTTP the SDK signs every body with its SHA-256 (``x-amz-content-sha256``) and
+    needs the body in memory for that: a second full pass over an upload the store hashed while
+    spooling it. :meth:`put_known` hands the hash over instead and streams the body from its
+    file; the server still checks the signed hash against the bytes it receives."""
+
+    def _build_headers(self, host, headers=None, body=None, creds=None):  # type: ignore[no-untyped-def]
+        known = headers.get(_KNOWN_PAYLOAD) if headers else None
+        if known is None:
+            return super()._build_headers(host, headers, body, creds)
+        sha, length = known
+        headers = {k: v for k, v in headers.items() if k != _KNOWN_PAYLOAD}  # the caller's stays for a retry
+        headers, date = super()._build_headers(host, headers, None, creds)  # no body: nothing to hash
+        headers["Content-Length"] = str(length)
+        headers["x-amz-content-sha256"] = sha
+        return headers, date
+
+    def put_known(self, bucket: str, key: str, stream: BinaryIO, size: int, sha: str, content_type: str) -> None:
+        """One PUT of ``size`` bytes from ``stream`` whose SHA-256 is ``sha``, streamed as it is read."""
+        headers = {"Content-Type": content_type, "x-amz-meta-sha256": sha, _KNOWN_PAYLOAD: (sha, size)}
+        resp = self._execute("PUT", bucket, key, body=stream, headers=headers, no_body_trace=True)  # type: ignore[arg-type]
+        resp.close()
+
+
 def object_key(sha256: str) -> str:
     return f"sha256/{sha256[:2]}/{sha256}"
 
@@ -188,8 +230,9 @@ class BlobStore:
             timeout=urllib3.Timeout(connect=5, read=60),
             maxsize=16,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            blocksize=SEND_BLOCK,
         )
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
+        self.client = _Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
         self.bucket = bucket
 
     # -- setup / health -------------------------------------------------------------
@@ -262,6 +305,14 @@ class BlobStore:
         tmp = tempfile.mkdtemp(prefix="aktenlauf-upload-")  # 0700: nobody else writes the copy
         try:
             path = Path(tmp) / f"upload{suffix}"
+            copied = _copy_file(stream, path, max_bytes)
+            if copied is not None:  # the kernel copied a file: now hash the copy itself, once
+                os.chmod(path, 0o400)
+                sha, size = _sha256_and_size(path)
+                if size != copied:
+                    raise IntegrityViolation(f"spooled upload {path} changed while it was hashed")
+                yield Spooled(path, sha, size)
+                return
             h = _Sha256(None)  # hashes in its thread while the next chunk is read and written
             size = 0
             try:
@@ -295,10 +346,13 @@ class BlobStore:
                 return ref  # content-addressed: identical bytes are stored once
             # new, or stored long ago and maybe orphaned: (re)write it so its age starts now and the
             # orphan sweep's grace period (eakte/sweep.py) spares it until this upload's row exists
-            self.client.put_object(
-                self.bucket, key, stream, size, content_type=content_type,
-                part_size=PART_SIZE, metadata={"x-amz-meta-sha256": sha},
-            )
+            if size <= SINGLE_PUT_MAX and not self.client._base_url.is_https:  # https signs UNSIGNED-PAYLOAD
+                self.client.put_known(self.bucket, key, stream, size, sha, content_type)
+            else:
+                self.client.put_object(
+                    self.bucket, key, stream, size, content_type=content_type,
+                    part_size=PART_SIZE, metadata={"x-amz-meta-sha256": sha},
+                )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Unavailable(f"object store unreachable: {exc}") from exc
         log.debug("blob.stored", key=key, size=size)
@@ -402,6 +456,63 @@ def _content_length(resp: urllib3.BaseHTTPResponse) -> int | None:
         return int(resp.headers["Content-Length"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _regular_file(stream: BinaryIO) -> BinaryIO | None:
+    """The regular file behind ``stream`` (a rolled-over ``SpooledTemporaryFile``, as the multipart
+    parser leaves a larger upload, or an open file), else None: memory and sockets are read."""
+    f = getattr(stream, "_file", stream) if isinstance(stream, tempfile.SpooledTemporaryFile) else stream
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    try:
+        return f if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+
+
+def _copy_file(stream: BinaryIO, path: Path, max_bytes: int | None) -> int | None:
+    """Copy what is left of a regular file (from its current position) to a new ``path`` in the
+    kernel (``copy_file_range``: no pass through Python); returns the bytes copied, or None when
+    ``stream`` is no regular file or the kernel cannot copy it (the caller then reads and writes).
+    Raises TooLarge, copying nothing, when more than ``max_bytes`` are left."""
+    src = _regular_file(stream)
+    if src is None or not hasattr(os, "copy_file_range"):
+        return None
+    src.flush()  # written through the file object: make it visible to the kernel copy
+    start = src.tell()
+    left = os.fstat(src.fileno()).st_size - start
+    if max_bytes is not None and left > max_bytes:
+        raise TooLarge("too large")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    done = 0
+    try:
+        while done < left:
+            n = os.copy_file_range(src.fileno(), fd, left - done, start + done, done)
+            if n == 0:
+                break
+            done += n
+    except OSError:  # e.g. a kernel or file system without it: copy in Python instead
+        os.close(fd)
+        os.unlink(path)
+        src.seek(start)
+        return None
+    os.close(fd)
+    src.seek(start + done)  # consumed, as a read to its end would leave it
+    return done
+
+
+def _sha256_and_size(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb", buffering=0) as fh:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
 
 
 def sha256_file(path: Path) -> str:

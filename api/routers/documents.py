@@ -3,6 +3,7 @@ read audited) and new versions of a filed document (immutable: a change is a new
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ async def document_detail(document_id: str, ctx: Ctx, p: CurrentPrincipal) -> Do
 
 
 async def _download(ctx: Ctx, p: Principal, document_id: str, number: int | None, reason: str | None) -> StreamingResponse:
+    loop = asyncio.get_running_loop()
+    reading: list[asyncio.Future[VerifiedContent]] = []
+
+    def start_read(key: str, sha256: str) -> None:  # on the event loop
+        reading.append(asyncio.ensure_future(run_in_threadpool(ctx.store.read_verified, key, sha256)))
+
     def find(s: Session) -> tuple[Dokument, Version]:
         f = _find(s, p, document_id)
         if content_needs_reason(p, f.case) and not (reason or "").strip():
@@ -89,14 +96,23 @@ async def _download(ctx: Ctx, p: Principal, document_id: str, number: int | None
         version = f.versions[-1] if number is None else next((v for v in f.versions if v.number == number), None)
         if version is None:
             raise NotFound(f"document {document_id} has no version {number}")
+        # access is granted: the S3 read (and its hashing) overlaps writing and committing the audit row;
+        # nothing is sent before both are done, and the read is dropped if the audit row fails
+        loop.call_soon_threadsafe(start_read, version.object_key, version.sha256)
         records.audit(s, actor=p.sub, role=p.primary_role, action="document.read", target_type="document",
                       target_id=f.doc.id, case_id=f.doc.vorgang_id, reason=reason,
+                      subject_id=f.case.applicant_id if f.case is not None else None,
                       details={"version": version.number})
         return f.doc, version
 
-    doc, version = await ctx.db(find)
     try:
-        content = await run_in_threadpool(ctx.store.read_verified, version.object_key, version.sha256)
+        doc, version = await ctx.db(find)
+    except BaseException:
+        for r in reading:  # started, but the read must not be served: release what it holds
+            r.add_done_callback(_drop_read)
+        raise
+    try:
+        content = await reading[0]
     except IntegrityViolation:
         await ctx.db(lambda s: records.audit(s, actor=p.sub, role=p.primary_role, action="document.integrity_failed",
                                              target_type="document", target_id=doc.id, case_id=doc.vorgang_id,
@@ -112,6 +128,11 @@ async def _download(ctx: Ctx, p: Principal, document_id: str, number: int | None
         "ETag": f'"{version.sha256}"',
     }
     return StreamingResponse(body, media_type=doc.content_type, headers=headers)
+
+
+def _drop_read(fut: asyncio.Future[VerifiedContent]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 async def _from_memory(content: VerifiedContent) -> AsyncIterator[bytes]:

@@ -30,7 +30,31 @@ def mint_token(settings: Settings, sub: str, roles: list[str], departments: list
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
+#: tokens verified recently: (secret, audience, issuer, token) → (principal, exp). Every request
+#: carries its bearer token, and a portal or clerk sends the same one until it expires: the HMAC
+#: check and claim validation are done once, the expiry is checked on every use. Only tokens that
+#: passed every check are kept (a refused token is checked again each time and refused the same
+#: way); a token that once passed stays valid until ``exp`` (its ``iat``/``nbf`` only lie further
+#: in the past as time goes on).
+_VERIFIED: dict[tuple[str, str, str, str], tuple[Principal, int]] = {}
+_VERIFIED_MAX = 10_000
+
+
 def decode_token(settings: Settings, token: str) -> Principal:
+    key = (settings.jwt_secret, settings.jwt_audience, settings.jwt_issuer, token)
+    hit = _VERIFIED.get(key)
+    if hit is not None:
+        if hit[1] > time.time():  # PyJWT's rule: expired once exp <= now
+            return hit[0]
+        _VERIFIED.pop(key, None)  # expired: the full check below refuses it with its usual message
+    principal, exp = _decode_token(settings, token)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[key] = (principal, exp)
+    return principal
+
+
+def _decode_token(settings: Settings, token: str) -> tuple[Principal, int]:
     try:
         claims = jwt.decode(
             token, settings.jwt_secret, algorithms=["HS256"], audience=settings.jwt_audience,
@@ -45,8 +69,8 @@ def decode_token(settings: Settings, token: str) -> Principal:
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not isinstance(departments, list):
         raise Unauthorized("invalid token: roles and departments must be lists")
     # system roles plus named roles (Funktionsrollen) that confidential Akten may require
-    return Principal(sub=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES or NAMED_ROLE.match(r)),
-                     departments=tuple(str(d) for d in departments))
+    return (Principal(sub=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES or NAMED_ROLE.match(r)),
+                      departments=tuple(str(d) for d in departments)), int(claims["exp"]))
 
 
 async def current_principal(  # async: pure CPU, no thread-pool hop per request

@@ -448,7 +448,6 @@ def test_born_digital_pdf_without_embedded_fonts_is_kept_byte_for_byte(tmp_path:
     assert outcome.output_path.read_bytes() == source.read_bytes()
 
 
-@pytest.mark.parametrize("name", [n for n, e in EXPECTED.items() if e.pdfa and e.status == "processed"])
 def pdfa_2b_violations(path: Path) -> str:
     """pikepdf's PDF/A-2b verdict on ``path``, computed in a fresh interpreter.
 
@@ -470,6 +469,7 @@ def pdfa_2b_violations(path: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.parametrize("name", [n for n, e in EXPECTED.items() if e.pdfa and e.status == "processed"])
 def test_claimed_pdfa_passes_pikepdf_validation(corpus_ocr: Runner, name: str) -> None:
     outcome = corpus_ocr(name)
     assert outcome.output_path is not None and outcome.pdfa_part == "2"

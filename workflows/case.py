@@ -34,6 +34,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search
 
 V2 = "casework-v2"
+#: bookkeeping alongside the work: a timeline/read-model step that only announces what comes next
+#: is recorded while that next activity already runs (see _progress(alongside=True))
+ALONGSIDE = "progress-alongside"
 #: statuses in which the applicant may still withdraw (before the decision)
 WITHDRAWABLE = (c.RECEIVED, c.TRIAGE, c.AWAITING_DECISION, c.AWAITING_DOCUMENTS, c.AWAITING_COSIGN)
 #: statuses in which the case waits (for a person, the citizen or the payment): an admin may cancel there
@@ -78,6 +81,9 @@ class CaseWorkflow:
         self.closed = False
         # -- casework v2 --
         self.v2 = False
+        self.alongside = False
+        #: the last record_progress still running (progress steps are recorded one after another)
+        self.progress_tail: asyncio.Task[None] | None = None
         self.fee: FeeAssessment | None = None
         self.pending: c.Decision | None = None  # a decision handed in, not yet processed by the run
         self.pending_cosign: c.CoSign | None = None
@@ -101,6 +107,7 @@ class CaseWorkflow:
     async def run(self, inp: c.CaseInput) -> c.CaseResult:
         if workflow.patched(V2):
             self.v2 = True
+            self.alongside = workflow.patched(ALONGSIDE)
             return await self._run_v2(inp)
         svc = inp.service
         opened = await self._open(inp)
@@ -227,7 +234,7 @@ class CaseWorkflow:
             if fee.amount_cents > 0 and svc.payment_timing != "before_decision":
                 if not await self._collect_payment(svc, before_decision=False):
                     return await self._unpaid()
-                await self._progress("payment", c.ISSUING, "Gebühr bezahlt", payment_status="paid")
+                await self._progress("payment", c.ISSUING, "Gebühr bezahlt", payment_status="paid", alongside=True)
             self._finish_decision(c.DecisionOutcome(decision="approved", status=c.ISSUING))
             return await self._close_v2(c.COMPLETED, issue="certificate" if svc.certificate else None)
         except _Abort:
@@ -285,7 +292,7 @@ class CaseWorkflow:
             await self._progress("decision", c.APPROVED if verdict == "approved" else c.ISSUING,
                                  "Antrag bewilligt" if verdict == "approved" else "Antrag abgelehnt",
                                  decision=verdict, decided_by=d.actor.sub, decision_reason=d.reason,
-                                 cosigned_by=cosigner, deadline_at="")
+                                 cosigned_by=cosigner, deadline_at="", alongside=True)
             return verdict, d.reason
 
     async def _request_documents(self, svc: ServiceEntry, d: c.Decision) -> bool:
@@ -442,11 +449,12 @@ class CaseWorkflow:
                         message: str | None = None) -> c.CaseResult:
         issued: str | None = None
         if issue is not None:
-            await self._progress("certificate", self.status, "Bescheid wird erstellt")
+            await self._progress("certificate", self.status, "Bescheid wird erstellt", alongside=True)
             issued = await self._issue(issue, reason=reason)
             channels = await self._dispatch(issued)
             # the last channel delivered it; any before it failed for good and were replaced
-            await self._progress("dispatch", self.status, f"Bescheid versandt ({_CHANNEL_NAMES.get(channels[-1], channels[-1])})")
+            await self._progress("dispatch", self.status, f"Bescheid versandt ({_CHANNEL_NAMES.get(channels[-1], channels[-1])})",
+                                 alongside=True)
         await self._act(c.ACT_ARCHIVE, c.ArchiveParams(case_id=self.inp.case_id, final_status=status), None)
         final_msg = message or {c.COMPLETED: "Abgeschlossen", c.REJECTED: "Abgelehnt", c.CANCELLED: "Storniert",
                                 c.WITHDRAWN: "Antrag zurückgenommen"}[status]
@@ -595,6 +603,9 @@ class CaseWorkflow:
         """The answer to the decide/co-sign/forward Update in flight, once the run has set it."""
         await workflow.wait_condition(lambda: self.outcome is not None)
         assert self.outcome is not None
+        tail = self.progress_tail
+        if tail is not None:  # a step recorded alongside: in the read model before the caller hears the outcome
+            await workflow.wait_condition(tail.done)
         return self.outcome
 
     def _clerk_of_department(self, actor: c.Actor) -> bool:
@@ -866,14 +877,32 @@ class CaseWorkflow:
                            else search.DEADLINE.value_unset())
         workflow.upsert_search_attributes(updates)
 
-    async def _progress(self, step: str, status: str, message: str, *, public: bool = True,
+    async def _progress(self, step: str, status: str, message: str, *, public: bool = True, alongside: bool = False,
                         **fields: str | int | None) -> None:
+        """Record a step in the read model and timeline (activity record_progress).
+
+        Progress steps are recorded strictly one after another. With ``alongside`` (cases started
+        with the ALONGSIDE patch) the caller does not wait for it: it announces the activity that
+        comes next, which then runs while it is recorded. Every later progress step waits for it, and
+        so does everything that answers a caller or ends the case (they all record a step first)."""
         self._note(step, status, message)
         self._upsert()
         n = len(self.history)
-        await self._act(c.ACT_RECORD_PROGRESS, c.ProgressParams(
-            case_id=self.inp.case_id, key=f"{self.inp.case_id}:{n}:{step}:{status}", step=step, status=status,
-            message=message, public=public, **fields), None)
+        params = c.ProgressParams(case_id=self.inp.case_id, key=f"{self.inp.case_id}:{n}:{step}:{status}", step=step,
+                                  status=status, message=message, public=public, **fields)
+        if not self.alongside:
+            await self._act(c.ACT_RECORD_PROGRESS, params, None)
+            return
+        before = self.progress_tail
+
+        async def record() -> None:
+            if before is not None:
+                await before
+            await self._act(c.ACT_RECORD_PROGRESS, params, None)
+
+        tail = self.progress_tail = asyncio.ensure_future(record())
+        if not alongside:
+            await tail
 
     async def _act(self, name: str, arg: object, result_type: type | None):  # type: ignore[no-untyped-def]
         return await workflow.execute_activity(

@@ -301,6 +301,30 @@ async def test_record_case_v2_happy_path(stack) -> None:
     await _dump(await stack.temporal(), case["case_id"], "case_v2_happy_path")
 
 
+async def test_record_case_alongside_happy_path(stack) -> None:
+    """Progress steps recorded alongside the next activity (patch progress-alongside): approval, payment,
+    certificate, dispatch, archive."""
+    if not _wanted("case_alongside_happy_path"):
+        return
+    async with stack.client() as http:
+        case = await _case(stack, http, application(MELDE), "awaiting_decision")
+        out = await _post(http, f"/v1/cases/{case['case_id']}/decision", stack.token(*CLERK), {"decision": "approve"})
+        await pay(http, out["payment_url"])
+        await wait_for_case(http, case["case_id"], stack.token(*PORTAL), status="completed")
+    await _dump(await stack.temporal(), case["case_id"], "case_alongside_happy_path")
+
+
+async def test_record_case_alongside_rejected(stack) -> None:
+    if not _wanted("case_alongside_rejected"):
+        return
+    async with stack.client() as http:
+        case = await _case(stack, http, application(MELDE), "awaiting_decision")
+        await _post(http, f"/v1/cases/{case['case_id']}/decision", stack.token(*CLERK),
+                    {"decision": "reject", "reason": "keine Meldung unter dieser Anschrift"})
+        await wait_for_case(http, case["case_id"], stack.token(*PORTAL), status="rejected")
+    await _dump(await stack.temporal(), case["case_id"], "case_alongside_rejected")
+
+
 async def test_record_case_v2_four_eyes_prepaid_rejected_refunded(stack) -> None:
     if not _wanted("case_v2_four_eyes_refund"):
         return

@@ -31,6 +31,8 @@ SCENARIOS = {
     # casework v2: four eyes, Nachforderung, payment declined, refunds, withdrawal, forward, cancel, deadlines
     "case_v2_happy_path", "case_v2_four_eyes_refund", "case_v2_nachforderung_declined", "case_v2_withdrawn",
     "case_v2_forwarded_cancelled", "case_v2_deadline_lapsed",
+    # progress recorded alongside the next activity (patch progress-alongside)
+    "case_alongside_happy_path", "case_alongside_rejected",
 }
 
 

@@ -3,7 +3,9 @@ decode it through /v1/codec/decode (audited), nobody else does."""
 
 from __future__ import annotations
 
+
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -59,10 +61,12 @@ async def raw_case(stack) -> dict[str, Any]:
     markers = [e.marker_recorded_event_attributes for e in history.events
                if e.HasField("marker_recorded_event_attributes")
                and e.marker_recorded_event_attributes.marker_name == "core_patch"]
-    assert markers, "the case workflow records its version (casework-v2)"
+    patch_ids = set()
     for m in markers:
-        assert b"casework-v2" in m.details["patch-data"].payloads[0].data
+        data = m.details["patch-data"].payloads[0].data
+        patch_ids.add(json.loads(data)["id"])
         assert name.encode() not in m.SerializeToString()
+    assert patch_ids == {"casework-v2", "progress-alongside"}, "the case workflow records its versions"
     payloads = [p for e in history.events if not (e.HasField("marker_recorded_event_attributes")
                 and e.marker_recorded_event_attributes.marker_name == "core_patch") for p in _payloads_in(e)]
     return {"name": name, "case_id": case_id, "history": history, "payloads": payloads}

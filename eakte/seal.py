@@ -258,14 +258,15 @@ class Seal:
         try:
             raw = key_path.read_bytes()
             loader = serialization.load_pem_private_key if b"-----BEGIN" in raw else serialization.load_der_private_key
-            key_pub = loader(raw, password=passphrase or None).public_key().public_bytes(*spki)
+            private_key = loader(raw, password=passphrase or None)  # parsed once: checked here, signs below
         except (ValueError, TypeError) as exc:
             raise SealError(f"seal key {key_path} cannot be loaded (wrong passphrase or not a private key)") from exc
+        key_pub = private_key.public_key().public_bytes(*spki)
         if x509.load_der_x509_certificate(cert.dump()).public_key().public_bytes(*spki) != key_pub:
             raise SealError(f"seal key {key_path} does not belong to the certificate {cert_path}")
         kept = _ParsedKeySigner.__new__(_ParsedKeySigner)  # the same signer, keeping the parsed key
         kept.__dict__.update(signer.__dict__)
-        kept.private_key = loader(raw, password=passphrase or None)
+        kept.private_key = private_key
         return cls(signer=kept, certificate=cert, subject=subject_of(cert), name=name)
 
     def signing_time(self, issued_on: dt.date) -> dt.datetime:

@@ -114,13 +114,7 @@ class CaseWorkflow:
 
         # routing: a request without a known service waits for the mailroom to assign one
         if svc is None:
-            await self._progress("routing", c.TRIAGE, "Keine Leistung zugeordnet: an die Poststelle zur Klärung")
-            await workflow.wait_condition(lambda: self.route_request is not None)
-            assert self.route_request is not None
-            svc = self.service = self.route_request.service
-            await self._progress("routing", c.RECEIVED, f"Von der Poststelle zugeordnet: {svc.name}",
-                                 service_key=svc.key, service_name=svc.name, fee_cents=svc.fee_cents,
-                                 retention_years=svc.retention_years)
+            svc = await self._routed_by_mailroom(workflow.wait_condition)
         self.department = svc.department
         due = (workflow.now() + timedelta(days=svc.processing_days)).date().isoformat()
         await self._progress("routing", c.RECEIVED, f"Zuständig: {svc.department_name or svc.department}", department=svc.department, due_on=due)
@@ -191,18 +185,23 @@ class CaseWorkflow:
         return c.CaseResult(status=status, aktenzeichen=self.aktenzeichen, issued_document_id=issued)
 
     # -- casework v2 ---------------------------------------------------------------------
+    async def _routed_by_mailroom(self, wait) -> ServiceEntry:  # type: ignore[no-untyped-def]
+        """A request without a known service waits in triage until the Poststelle assigns one."""
+        await self._progress("routing", c.TRIAGE, "Keine Leistung zugeordnet: an die Poststelle zur Klärung")
+        await wait(lambda: self.route_request is not None)
+        assert self.route_request is not None
+        svc = self.service = self.route_request.service
+        await self._progress("routing", c.RECEIVED, f"Von der Poststelle zugeordnet: {svc.name}",
+                             service_key=svc.key, service_name=svc.name, fee_cents=svc.fee_cents,
+                             retention_years=svc.retention_years)
+        return svc
+
     async def _run_v2(self, inp: c.CaseInput) -> c.CaseResult:
         svc = inp.service
         await self._open(inp)
         try:
             if svc is None:
-                await self._progress("routing", c.TRIAGE, "Keine Leistung zugeordnet: an die Poststelle zur Klärung")
-                await self._wait_for(lambda: self.route_request is not None)
-                assert self.route_request is not None
-                svc = self.service = self.route_request.service
-                await self._progress("routing", c.RECEIVED, f"Von der Poststelle zugeordnet: {svc.name}",
-                                     service_key=svc.key, service_name=svc.name, fee_cents=svc.fee_cents,
-                                     retention_years=svc.retention_years)
+                svc = await self._routed_by_mailroom(self._wait_for)  # a withdrawal ends the wait
             self.department = svc.department
             fee = self.fee = assess(svc, inp.form)
             self.deadline_at = workflow.now() + timedelta(days=svc.processing_days)

@@ -290,28 +290,26 @@ async def _post(http, url: str, who, body: dict) -> dict:  # type: ignore[no-unt
     return r.json()
 
 
-async def test_record_case_v2_happy_path(stack) -> None:
-    if not _wanted("case_v2_happy_path"):
+async def _approved_and_paid(stack, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A Meldebescheinigung approved, paid and completed, recorded as ``name``."""
+    if not _wanted(name):
         return
     async with stack.client() as http:
         case = await _case(stack, http, application(MELDE), "awaiting_decision")
         out = await _post(http, f"/v1/cases/{case['case_id']}/decision", stack.token(*CLERK), {"decision": "approve"})
         await pay(http, out["payment_url"])
         await wait_for_case(http, case["case_id"], stack.token(*PORTAL), status="completed")
-    await _dump(await stack.temporal(), case["case_id"], "case_v2_happy_path")
+    await _dump(await stack.temporal(), case["case_id"], name)
+
+
+async def test_record_case_v2_happy_path(stack) -> None:
+    await _approved_and_paid(stack, "case_v2_happy_path")
 
 
 async def test_record_case_alongside_happy_path(stack) -> None:
     """Progress steps recorded alongside the next activity (patch progress-alongside): approval, payment,
     certificate, dispatch, archive."""
-    if not _wanted("case_alongside_happy_path"):
-        return
-    async with stack.client() as http:
-        case = await _case(stack, http, application(MELDE), "awaiting_decision")
-        out = await _post(http, f"/v1/cases/{case['case_id']}/decision", stack.token(*CLERK), {"decision": "approve"})
-        await pay(http, out["payment_url"])
-        await wait_for_case(http, case["case_id"], stack.token(*PORTAL), status="completed")
-    await _dump(await stack.temporal(), case["case_id"], "case_alongside_happy_path")
+    await _approved_and_paid(stack, "case_alongside_happy_path")
 
 
 async def test_record_case_alongside_rejected(stack) -> None:

@@ -71,3 +71,14 @@ async def pay(client: httpx.AsyncClient, payment_url: str, action: str = "pay") 
     assert page.status_code == 200, page.text
     r = await client.post(payment_url, data={"action": action})
     assert r.status_code == 200, r.text
+
+
+async def approve_and_pay(client: httpx.AsyncClient, case_id: str, clerk: dict[str, str],
+                          portal: dict[str, str]) -> dict[str, Any]:
+    """The clerk approves a case as soon as it waits for the decision, the citizen pays the fee:
+    the case as the portal sees it once completed."""
+    await wait_for_case(client, case_id, portal, status="awaiting_decision")
+    d = await client.post(f"/v1/cases/{case_id}/decision", json={"decision": "approve"}, headers=clerk)
+    assert d.status_code == 200, d.text
+    await pay(client, d.json()["payment_url"])
+    return await wait_for_case(client, case_id, portal, status="completed")

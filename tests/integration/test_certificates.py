@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from aktenlauf.wiring import document_seal
 from eakte.models import Dokument
 from eakte.seal import check_seal
-from tests.integration.helpers import MELDE, application, pay, wait_for_case
+from tests.integration.helpers import MELDE, application, approve_and_pay
 
 PORTAL = ("portal-cert", "integrator")
 CLERK = ("clerk-cert", "clerk", "buergerbuero")
@@ -24,11 +24,7 @@ async def _issued_certificate(stack) -> tuple[str, dict, bytes, str]:  # type: i
         r = await http.post("/v1/cases", json=application(MELDE, name="Erika Siegeltest"), headers=portal)
         assert r.status_code == 201, r.text
         case_id = r.json()["case_id"]
-        await wait_for_case(http, case_id, portal, status="awaiting_decision")
-        d = await http.post(f"/v1/cases/{case_id}/decision", json={"decision": "approve"}, headers=clerk)
-        assert d.status_code == 200, d.text
-        await pay(http, d.json()["payment_url"])
-        done = await wait_for_case(http, case_id, portal, status="completed")
+        done = await approve_and_pay(http, case_id, clerk, portal)
         cert = next(doc for doc in done["documents"] if doc["kind"] == "Urkunde")
         dl = await http.get(cert["download_url"], headers=portal)
         assert dl.status_code == 200

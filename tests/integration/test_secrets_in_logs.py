@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from aktenlauf.logging import REDACTED, configure_logging, register_secrets, secret_values
-from tests.integration.helpers import MELDE, PDF, application, pay, wait_for_case
+from tests.integration.helpers import MELDE, PDF, application, approve_and_pay
 
 
 
@@ -55,11 +55,7 @@ async def test_a_complete_case_logs_no_token_key_or_personal_data(stack, capture
         up = await http.post(f"/v1/cases/{case_id}/documents", headers=portal,
                              files={"file": (f"{name}.pdf", io.BytesIO(PDF), "application/pdf")})
         assert up.status_code == 201, up.text
-        await wait_for_case(http, case_id, portal, status="awaiting_decision")
-        d = await http.post(f"/v1/cases/{case_id}/decision", json={"decision": "approve"}, headers=clerk)
-        assert d.status_code == 200, d.text
-        await pay(http, d.json()["payment_url"])
-        done = await wait_for_case(http, case_id, portal, status="completed")
+        done = await approve_and_pay(http, case_id, clerk, portal)
         cert = next(doc for doc in done["documents"] if doc["kind"] == "Urkunde")
         assert (await http.get(cert["download_url"], headers=portal)).status_code == 200
         # refused requests log too: a forged token, a token for the wrong audience, a bad webhook
